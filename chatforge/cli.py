@@ -1,0 +1,70 @@
+"""The one entry point: ``chatforge <command> [flags]``.
+
+Each command is a thin wrapper that lives beside its stage as ``cli(argv)`` in the module named
+here; modules are imported lazily so ``chatforge --help`` stays fast and a broken optional stage
+does not break the others.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help). Order is the order of the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "world": ("chatforge.world", "generate the synthetic world (people, problems) and its corpus"),
+    "data": ("chatforge.curate", "curate web data: WARC/HTML -> extract -> filter -> dedup -> PII -> shards"),
+    "tok": ("chatforge.tokenizer", "BPE tokenizer: train | encode | decode | show | stats"),
+    "pretrain": ("chatforge.pretrain", "pretrain a base model on token shards"),
+    "sample": ("chatforge.engine", "sample completions from a checkpoint"),
+    "sft": ("chatforge.sft", "supervised fine-tuning on conversations"),
+    "rm": ("chatforge.reward", "train a reward model on preference pairs"),
+    "rl": ("chatforge.rl", "reinforcement learning (GRPO / RLHF)"),
+    "dpo": ("chatforge.dpo", "direct preference optimization"),
+    "eval": ("chatforge.evaluate", "evaluate a checkpoint"),
+    "chat": ("chatforge.chat", "chat with a model in the terminal"),
+    "serve": ("chatforge.server", "OpenAI-compatible API server and web UI"),
+    "import": ("chatforge.hf", "import a transformers checkpoint"),
+    "export": ("chatforge.export", "export a checkpoint to HF or GGUF"),
+    "speedrun": ("chatforge.speedrun", "run every stage on the embedded default and write report.md"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: chatforge <command> [flags]   (chatforge <command> --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from chatforge.common import __version__
+        print(f"chatforge {__version__}")
+        return
+    cmd = argv[0]
+    if cmd not in COMMANDS:
+        sys.stderr.write(f"chatforge: error: unknown command '{cmd}'; expected one of {', '.join(COMMANDS)}\n")
+        sys.exit(2)
+    from chatforge.common import CfError
+    try:
+        module = importlib.import_module(COMMANDS[cmd][0])
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("chatforge"):
+            sys.stderr.write(f"chatforge: error: command '{cmd}' is not available yet ({e.name} missing)\n")
+            sys.exit(2)
+        raise
+    try:
+        module.cli(argv[1:])
+    except CfError as e:
+        sys.stderr.write(f"chatforge {cmd}: error: {e}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Shared plumbing: errors, atomic files, run directories, typed configs, logging, devices.
+
+Everything else in chatforge imports from here; this module imports nothing of chatforge.
+
+Run directory layout (``runs/<name>/``), one folder per stage, stages talk only through files:
+
+    corpus/        raw documents (``*.jsonl``, one {"text": ...} per line) + corpus.json
+    data/          curated documents, removed/ documents with reasons, data_report.md
+    tokenizer/     ranks.tiktoken + tokenizer.json (our metadata) [+ hf/ export]
+    shards/        train_*.bin / val_*.bin token shards + shards.json
+    base/          pretraining checkpoints  step_XXXXXX/{model.safetensors, optim.pt, state.json}
+    sft/ rl/ rm/   later stages' checkpoints, same format
+    report.md      the report card, sections appended by each stage
+    report/        figures (PNG) referenced from report.md
+
+Every artifact carries a small JSON with its config and provenance (see ``write_meta``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+
+__version__ = "0.1.0"
+
+
+# ----------------------------------------------------------------------------- errors
+
+class CfError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits 1.
+
+    The message should name the file/field and say what was expected.
+    """
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any exception the temporary file (or folder) is removed and ``path`` is untouched,
+    so a crash never leaves a half-written artifact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # the caller creates a file or a folder at tmp
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            _rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            _rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read JSON with a one-line error naming the file on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise CfError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CfError(f"{path}: corrupt {what}, expected JSON ({e})") from None
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def provenance() -> dict[str, Any]:
+    return {
+        "chatforge_version": __version__,
+        "git_sha": git_sha(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": sys.version.split()[0],
+        "argv": sys.argv,
+    }
+
+
+def write_meta(path: str | os.PathLike, kind: str, config: Any, **extra: Any) -> None:
+    """Write an artifact's small JSON: what it is, the config that made it, and provenance."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    atomic_write_json(path, {"kind": kind, "config": config, **extra, "provenance": provenance()})
+
+
+def run_dir(name_or_path: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
+    """``runs/<name>`` for a bare name, the path itself when it contains a separator."""
+    p = Path(name_or_path)
+    if len(p.parts) == 1 and not p.is_absolute():
+        p = Path(root) / p
+    return p
+
+
+# ----------------------------------------------------------------------------- typed configs
+
+def config_from_dict(cls: type, d: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a dict; unknown keys fail loudly."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise CfError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
+    return cls(**d)
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    t = hints[f.name]
+    origin = typing.get_origin(t)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        t = args[0] if len(args) == 1 else str
+    return t
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per dataclass field; help text comes from ``field(metadata={"help": ...})``."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        t = _field_type(cls, f)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        helptext = f.metadata.get("help", "") + f" (default: {default})"
+        if t is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=helptext)
+        elif t in (int, float, str):
+            parser.add_argument(flag, dest=f.name, type=t, default=argparse.SUPPRESS, help=helptext,
+                                choices=f.metadata.get("choices"))
+        else:  # lists and other structured values come as JSON on the command line
+            parser.add_argument(flag, dest=f.name, type=json.loads, default=argparse.SUPPRESS,
+                                help=helptext + " [JSON]")
+
+
+def config_from_args(cls: type, args: argparse.Namespace, base: Any = None, **overrides: Any) -> Any:
+    """Dataclass from parsed args: fields given on the command line override ``base`` (or defaults)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    given.update(overrides)
+    if base is not None:
+        return dataclasses.replace(base, **given)
+    return cls(**given)
+
+
+def print_config(cfg: Any, title: str = "config") -> None:
+    print0(f"{title}: " + json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg,
+                                     default=_json_default))
+
+
+# ----------------------------------------------------------------------------- CLI helpers
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line and exits 2."""
+
+    def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def make_parser(prog: str, description: str) -> CliParser:
+    return CliParser(prog=prog, description=description,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+# ----------------------------------------------------------------------------- logging and ranks
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def print0(*a: Any, **kw: Any) -> None:
+    if rank() == 0:
+        print(*a, **kw, flush=True)
+
+
+def banner(msg: str) -> None:
+    """A loud notice, e.g. when a slow fallback path is taken."""
+    if rank() == 0:
+        line = "!" * min(100, max(40, len(msg) + 8))
+        print(f"{line}\n!!! {msg}\n{line}", file=sys.stderr, flush=True)
+
+
+class Timer:
+    """Wall-clock timer for stages: ``with Timer("tokenizer") as t: ...; t.seconds``."""
+
+    def __init__(self, name: str, quiet: bool = False):
+        self.name, self.quiet, self.seconds = name, quiet, 0.0
+
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        if not self.quiet:
+            print0(f"[time] {self.name}: {self.seconds:.1f}s")
+
+
+# ----------------------------------------------------------------------------- devices and seeds
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    import torch
+    torch.manual_seed(seed)
+
+
+def get_device(name: str = "auto") -> str:
+    """'auto' picks cuda, then mps, then cpu."""
+    import torch
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast_ctx(device: str, dtype: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (and on CPUs when asked); fp32 otherwise (the reference path)."""
+    import torch
+    dev_type = device.split(":")[0]
+    if dtype == "auto":
+        dtype = "bfloat16" if dev_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev_type, dtype=getattr(torch, dtype))
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty() and os.environ.get("CI") is None
