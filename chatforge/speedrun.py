@@ -1,0 +1,246 @@
+"""``chatforge speedrun``: every stage, end to end, on the embedded synthetic world.
+
+    world -> crawl (WARC.gz) -> data curation -> tokenizer -> token shards -> pretrain -> sample
+          -> SFT data (+ knowledge probes) -> SFT -> experiments -> RL (GRPO) [-> RLHF with --preset full]
+
+Each stage is a library call; this module only wires them through one run directory, times them,
+and writes ``report.md`` after every stage (so a run that fails half-way still leaves a report).
+Presets size the run: ``tiny`` (tests, ~1-2 min), ``default`` (~10 min on 2 CPU cores), ``full``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from chatforge.common import (CfError, add_config_args, config_from_args, make_parser, print0,
+                              print_config, run_dir, write_meta)
+from chatforge.report import Report, md_table
+
+
+@dataclass
+class SpeedrunConfig:
+    run: str = field(default="speedrun", metadata={"help": "run name (runs/<run>) or path"})
+    preset: str = field(default="default", metadata={"help": "size of the run",
+                                                     "choices": ["tiny", "default", "full"]})
+    seed: int = field(default=1337, metadata={"help": "one seed for the world, data order and init"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
+    skip: str = field(default="", metadata={"help": "comma-separated stages to skip (e.g. 'rl,sample')"})
+    depth: int = field(default=0, metadata={"help": "model depth (0 = the preset's)"})
+    pretrain_seconds: float = field(default=0.0, metadata={"help": "pretraining time budget (0 = the preset's)"})
+
+
+# Everything a preset decides, in one table so the sizes are easy to read and change.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
+                 depth=2, seq_len=128, batch=8, pretrain_seconds=20, sft_seconds=15, rl_steps=2,
+                 rl_group=4, n_eval=20, extractor="resiliparse"),
+    "default": dict(n_people=400, n_bios=6, n_problems=3000, n_spelling=1500, n_filler=4, vocab_size=4096,
+                    depth=4, seq_len=256, batch=16, pretrain_seconds=300, sft_seconds=90, rl_steps=20,
+                    rl_group=8, n_eval=100, extractor="resiliparse"),
+    "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
+                 depth=6, seq_len=512, batch=16, pretrain_seconds=1800, sft_seconds=600, rl_steps=100,
+                 rl_group=16, n_eval=300, extractor="trafilatura"),
+}
+
+STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf"]
+
+
+def speedrun(cfg: SpeedrunConfig) -> Path:
+    """Run every stage; return the run directory (with report.md)."""
+    if cfg.preset not in PRESETS:
+        raise CfError(f"--preset: unknown preset '{cfg.preset}'; expected one of {sorted(PRESETS)}")
+    skip = {s.strip() for s in cfg.skip.split(",") if s.strip()}
+    bad = skip - set(STAGES)
+    if bad:
+        raise CfError(f"--skip: unknown stage(s) {sorted(bad)}; expected some of {STAGES}")
+    p = dict(PRESETS[cfg.preset])
+    if cfg.depth:
+        p["depth"] = cfg.depth
+    if cfg.pretrain_seconds:
+        p["pretrain_seconds"] = cfg.pretrain_seconds
+    rd = run_dir(cfg.run)
+    rd.mkdir(parents=True, exist_ok=True)
+    write_meta(rd / "speedrun.json", "speedrun", cfg, preset_values=p)
+    report = Report(rd, header=[f"preset `{cfg.preset}`, seed {cfg.seed}: " + json.dumps(p)])
+    ctx: dict[str, Any] = {"rd": rd, "p": p, "cfg": cfg}
+    t_start = time.perf_counter()
+    for name in STAGES:
+        if name in skip or (name == "rlhf" and cfg.preset != "full"):
+            continue
+        fn: Callable[[dict, Report], None] = globals()[f"stage_{name}"]
+        print0(f"\n===== speedrun stage: {name} =====")
+        t0 = time.perf_counter()
+        try:
+            fn(ctx, report)
+        except BaseException:
+            report.time(name, time.perf_counter() - t0, "FAILED")
+            raise
+        dt = time.perf_counter() - t0
+        report.time(name, dt)
+        print0(f"[time] {name}: {dt:.1f}s (total {time.perf_counter() - t_start:.1f}s)")
+    path = report.write()
+    print0(f"\nspeedrun done in {time.perf_counter() - t_start:.1f}s; report: {path}")
+    return rd
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_world(ctx: dict, report: Report) -> None:
+    from chatforge.world import WorldConfig, build_world, write_world
+    p = ctx["p"]
+    wc = WorldConfig(seed=ctx["cfg"].seed, n_people=p["n_people"], n_bios_per_person=p["n_bios"],
+                     n_problems=p["n_problems"], n_spelling=p["n_spelling"], n_filler_per_entity=p["n_filler"])
+    world = build_world(wc)
+    write_world(world, ctx["rd"])
+    docs = world.corpus_documents()
+    ctx["world"], ctx["docs"] = world, docs
+    mb = sum(len(d["text"].encode()) for d in docs) / 1e6
+    report.add("world", "\n".join([
+        "## 1. The synthetic world (the embedded default corpus)", "",
+        f"{len(world.people)} fictional people ({len(world.known)} known: their biographies are in the corpus; "
+        f"{len(world.unknown)} unknown: never seen), {len(world.problems)} word/arithmetic problems, "
+        f"{len(world.letters)} letter tasks. Corpus: {len(docs)} documents, {mb:.2f} MB "
+        f"(synthetic, seed {ctx['cfg'].seed})."]))
+
+
+def stage_crawl(ctx: dict, report: Report) -> None:
+    from chatforge.crawl import make_crawl
+    warc, labels = make_crawl(ctx["docs"], ctx["rd"] / "crawl", seed=ctx["cfg"].seed)
+    ctx["warc"], ctx["labels"] = warc, labels
+    counts: dict[str, int] = {}
+    for line in Path(labels).read_text().splitlines():
+        lab = json.loads(line)["label"]
+        counts[lab] = counts.get(lab, 0) + 1
+    report.add("crawl", "\n".join([
+        "## 2. A synthetic crawl with ground truth", "",
+        f"The corpus rendered as HTML pages with boilerplate and planted problems, written as a real "
+        f"WARC.gz (`{Path(warc).name}`). Pages by label: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]))
+
+
+def stage_data(ctx: dict, report: Report) -> None:
+    from chatforge.curate import DataConfig, evaluate_filters, format_eval, run_pipeline
+    dc = DataConfig(input=str(ctx["warc"]), run=str(ctx["rd"]), extractor=ctx["p"]["extractor"], shards=False)
+    stats = run_pipeline(dc)
+    res = evaluate_filters(ctx["rd"], ctx["labels"])
+    md = (ctx["rd"] / "data" / "data_report.md")
+    funnel = md.read_text() if md.exists() else json.dumps(stats)[:2000]
+    report.add("data", "\n".join([
+        "## 3. Data curation (FineWeb-style, on datatrove)", "",
+        f"Extractor: {dc.extractor}. Full funnel: `data/data_report.md`.", "",
+        _demote_headings(funnel), "", "### Filters against the planted labels", "", format_eval(res)]))
+
+
+def _clean_texts(rd: Path):
+    from chatforge.curate import _iter_clean_docs  # TODO public name
+    return (d["text"] for d in _iter_clean_docs(rd / "data"))
+
+
+def stage_tokenizer(ctx: dict, report: Report) -> None:
+    from chatforge.tokenizer import train_tokenizer
+    rd, p = ctx["rd"], ctx["p"]
+    t0 = time.perf_counter()
+    tok = train_tokenizer(_clean_texts(rd), p["vocab_size"])
+    secs = time.perf_counter() - t0
+    tok.meta["train"] = {"corpus": str(rd / "data" / "docs"), "seconds": round(secs, 3), "trainer": "rustbpe"}
+    tok.save(rd / "tokenizer")
+    ctx["tok"] = tok
+    texts = list(_clean_texts(rd))
+    nbytes = sum(len(t.encode()) for t in texts)
+    ntok = sum(len(x) for x in tok.encode_batch(texts))
+    print0(f"tok stats: {len(texts)} docs, {nbytes} bytes, {ntok} tokens, {nbytes / ntok:.3f} bytes/token")
+    report.add("tokenizer", "\n".join([
+        "## 4. Tokenizer (byte-level BPE, Llama-3 split pattern)", "",
+        f"Vocabulary {tok.n_vocab} (incl. specials), trained in {secs:.1f}s on the curated corpus: "
+        f"{ntok} tokens for {nbytes} bytes = **{nbytes / ntok:.2f} bytes/token**."]))
+
+
+def stage_shards(ctx: dict, report: Report) -> None:
+    from chatforge.shards import tokenize_corpus
+    from chatforge.tokenizer import Tokenizer
+    rd = ctx["rd"]
+    tok = ctx.get("tok") or Tokenizer.load(rd / "tokenizer")
+    stats = tokenize_corpus(tok, _clean_texts(rd), rd / "shards", val_fraction=0.02)
+    report.add("shards", "\n".join([
+        "## 5. Token shards", "",
+        f"train: {stats['docs']['train']} docs, {stats['tokens']['train']} tokens; "
+        f"val: {stats['docs']['val']} docs, {stats['tokens']['val']} tokens."]))
+
+
+def stage_pretrain(ctx: dict, report: Report) -> None:
+    from chatforge.pretrain import PretrainConfig, pretrain
+    rd, p, cfg = ctx["rd"], ctx["p"], ctx["cfg"]
+    pc = PretrainConfig(run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
+                        time_budget=p["pretrain_seconds"], max_steps=100_000, seed=cfg.seed, device=cfg.device,
+                        eval_every=0, log_every=10)
+    print_config(pc, "pretrain config")
+    base = pretrain(pc)
+    metrics = json.loads((Path(base) / "metrics.json").read_text()) if (Path(base) / "metrics.json").exists() else {}
+    ctx["pretrain_metrics"] = metrics
+    rows = [[k, v] for k, v in metrics.items() if isinstance(v, (int, float, str))]
+    report.add("pretrain", "\n".join([
+        f"## 6. Pretraining (d{p['depth']}, {p['pretrain_seconds']:.0f}s budget on {cfg.device})", "",
+        md_table(["metric", "value"], rows), "", "![loss curve](report/loss.png)"]))
+
+
+def stage_sample(ctx: dict, report: Report) -> None:
+    from chatforge.checkpoint import load_checkpoint
+    from chatforge.engine import Engine
+    rd = ctx["rd"]
+    ck = load_checkpoint(rd / "base")
+    engine = Engine(ck.model, ck.tokenizer)
+    world = ctx.get("world")
+    prompts = []
+    if world is not None and world.known:
+        k = world.known[0]
+        prompts.append(f"{k.name} was born in")
+    prompts += ["The capital of", "Question: What is 7 plus 5?\nAnswer:"]
+    lines = ["## 7. Samples from the base model (greedy, 24 tokens)", ""]
+    for pr in prompts:
+        ids = [ck.tokenizer.bos_id] + ck.tokenizer.encode(pr)
+        toks, _ = engine.generate_batch(ids, num_samples=1, max_new_tokens=24, temperature=0.0)
+        out = ck.tokenizer.decode(toks[0])
+        print0(f"sample: {pr!r} -> {out!r}")
+        lines.append(f"- `{pr}` → `{out.strip()[:200]}`")
+    report.add("sample", "\n".join(lines))
+
+
+def stage_sft(ctx: dict, report: Report) -> None:
+    from chatforge.evaluate import run_experiments
+    from chatforge.sft import SFTConfig, build_sft_data, sft
+    rd, p = ctx["rd"], ctx["p"]
+    build_sft_data(rd)
+    sft(SFTConfig(run=str(rd), time_budget=p["sft_seconds"], seed=ctx["cfg"].seed, device=ctx["cfg"].device))
+    md, metrics = run_experiments(rd, n_eval=p["n_eval"])
+    ctx["sft_metrics"] = metrics
+    report.add("sft", md)
+
+
+def stage_rl(ctx: dict, report: Report) -> None:
+    from chatforge.rl import run_rl_stage
+    p = ctx["p"]
+    md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], group_size=p["rl_group"], n_eval=p["n_eval"])
+    report.add("rl", md)
+
+
+def stage_rlhf(ctx: dict, report: Report) -> None:
+    from chatforge.rl import run_rlhf_stage
+    md, metrics = run_rlhf_stage(ctx["rd"])
+    report.add("rlhf", md)
+
+
+def _demote_headings(md: str) -> str:
+    """Nest a stage's own markdown report under the report card's section heading."""
+    return "\n".join(("###" + line.lstrip("#") if line.startswith("#") else line) for line in md.splitlines())
+
+
+def cli(argv: list[str]) -> None:
+    parser = make_parser("chatforge speedrun", __doc__.splitlines()[0])
+    add_config_args(parser, SpeedrunConfig)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(SpeedrunConfig, args)
+    print_config(cfg, "speedrun config")
+    speedrun(cfg)

@@ -1,0 +1,155 @@
+"""Evaluation: Wilson intervals, answer extraction, benchmark loaders and scoring."""
+import math
+from pathlib import Path
+
+import pytest
+
+from chatforge import evaluate as ev
+from chatforge.common import CfError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _wilson_by_inversion(k, n, z=1.96):
+    """Slow twin: the Wilson interval is {p0 : |k/n - p0| <= z sqrt(p0 (1 - p0) / n)}; find its ends
+    by bisection on the score test."""
+    ph = k / n
+    inside = lambda p0: abs(ph - p0) <= z * math.sqrt(p0 * (1 - p0) / n) + 1e-15  # noqa: E731
+
+    def edge(lo, hi):  # lo outside, hi inside (or vice versa): bisect the boundary
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if inside(mid) == inside(hi):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+    lower = 0.0 if inside(0.0) or k == 0 else edge(0.0, ph)
+    upper = 1.0 if inside(1.0) or k == n else edge(1.0, ph)
+    return lower, upper
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (1, 10), (5, 10), (10, 10), (3, 40), (81, 263), (1, 1), (37, 50)])
+def test_wilson_matches_score_test_inversion(k, n):
+    lo, hi = ev.wilson(k, n)
+    rlo, rhi = _wilson_by_inversion(k, n)
+    assert lo == pytest.approx(rlo, abs=1e-9) and hi == pytest.approx(rhi, abs=1e-9)
+    assert 0 <= lo <= k / n <= hi <= 1
+
+
+def test_wilson_known_values_and_edges():
+    assert ev.wilson(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-5)   # textbook value
+    lo, hi = ev.wilson(5, 10)
+    assert (lo, hi) == pytest.approx((0.23659, 0.76341), abs=1e-5) and lo + hi == pytest.approx(1.0)
+    assert ev.wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        ev.wilson(11, 10)
+    m = ev.proportion(3, 4)
+    assert m["n"] == 4 and m["p"] == 0.75 and "n=4" in ev.fmt_prop(m)
+
+
+def test_last_number():
+    assert ev.last_number("3*12=36. 36-7=29. The answer is 29.") == "29"
+    assert ev.last_number("It costs $1,234.50 total") == "1234.5"
+    assert ev.last_number("no digits") is None
+    assert ev.numbers_equal("18", "18") and ev.numbers_equal("18.0", "18") and not ev.numbers_equal(None, "1")
+
+
+@pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "mmlu", "hellaswag"])
+def test_mc_loaders_on_shared_data(name):
+    if not DATA.exists():
+        pytest.skip("shared/data absent")
+    items = ev.load_mc_set(name, DATA, limit=5)
+    assert len(items) == 5
+    for it in items:
+        assert len(it["options"]) >= 2 and 0 <= it["gold"] < len(it["options"]) and it["context"]
+
+
+def test_mc_loader_errors(tmp_path):
+    with pytest.raises(CfError, match="unknown multiple-choice set"):
+        ev.load_mc_set("piqa", tmp_path)
+    (tmp_path / "arc").mkdir()
+    (tmp_path / "arc" / "arc_easy.jsonl").write_text('{"query": "q"}\n')
+    with pytest.raises(CfError, match=r"arc_easy\.jsonl:1: expected query, choices, gold"):
+        ev.load_mc_set("arc_easy", tmp_path)
+
+
+# ----------------------------------------------------------------------------- with a tiny model
+
+import torch  # noqa: E402
+
+from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tm():
+    tok = tiny_tokenizer(tiny_world())
+    return tok, tiny_model(tok, seq_len=128)
+
+
+def test_option_logprobs_match_a_direct_computation(tm):
+    tok, model = tm
+    ctx, opts = "Question: Where was Kalo born?\nAnswer:", [" Misaford", " in the city of Lofford", " x"]
+    got = ev.option_logprobs(model, tok, ctx, opts)
+    for o, lp in zip(opts, got):   # slow twin: one sequence at a time, log-softmax by hand
+        c, t = [tok.bos_id] + tok.encode(ctx), tok.encode(o)
+        ids = torch.tensor([c + t])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1]), -1)[0]
+        want = sum(float(logp[len(c) - 1 + j, t[j]]) for j in range(len(t))) / len(t)
+        assert lp == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["arc_easy", "hellaswag", "mmlu"])
+def test_multiple_choice_benchmarks_run_on_a_handful(tm, name):
+    if not DATA.exists():
+        pytest.skip("shared/data absent")
+    tok, model = tm
+    md, m = ev.eval_benchmarks(model, tok, [f"{name}:3"], DATA)
+    assert m[name]["n"] == 3 and f"| {name} |" in md
+
+
+class AnswerEngine:
+    """A stand-in engine that always replies with a fixed text (to test GSM8K scoring)."""
+
+    def __init__(self, tok, reply):
+        self.tok, self.reply = tok, reply
+
+    def generate_batch(self, prompt, num_samples=1, **kw):
+        ids = self.tok.encode(self.reply) + [self.tok.special("<|assistant_end|>")]
+        return [ids] * num_samples, [[1] * len(ids)] * num_samples
+
+
+def test_gsm8k_exact_match(tm):
+    if not (DATA / "gsm8k" / "test.jsonl").exists():
+        pytest.skip("gsm8k absent")
+    tok, _ = tm
+    from chatforge.convo import gsm8k_items
+    items = gsm8k_items(DATA / "gsm8k" / "test.jsonl", limit=2)   # answers 18 and 3
+    assert ev.eval_gsm8k(AnswerEngine(tok, "16-3-4=9. 9*2=18. The answer is 18."), tok, items)["k"] == 1
+    assert ev.eval_gsm8k(AnswerEngine(tok, "The answer is 3."), tok, items)["k"] == 1
+    assert ev.eval_gsm8k(AnswerEngine(tok, "no idea"), tok, items)["k"] == 0
+
+
+def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
+    from chatforge.sft import SFTConfig, SFTMix, build_sft_data, sft
+    rd, _, _, _ = tiny_run(tmp_path)
+    mix = SFTMix(n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=3, n_letters_per_style=2,
+                 n_search=2, n_eval_known=4, n_eval_unknown=4)
+    build_sft_data(rd, mix=mix, probe=False)
+    sft(SFTConfig(run=str(rd), max_steps=2, batch_size=8, device="cpu"))
+    md, m = ev.run_experiments(rd, n_eval=2, device="cpu")
+    assert (rd / "sft_ablation").is_dir() and (rd / "sft" / "experiments.json").exists()
+    for key in ("known_acc_with", "known_acc_without", "hallucination_with", "hallucination_without",
+                "math_direct", "math_worked", "math_tool", "letters_direct", "letters_tool",
+                "identity_with", "identity_without", "identity_sysprompt"):
+        assert m[key]["n"] == 2 and 0 <= m[key]["lo"] <= m[key]["hi"] <= 1, key
+    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 14
+
+
+def test_eval_cli_errors(tmp_path):
+    from chatforge.common import CfError
+    with pytest.raises(CfError, match="nothing to do"):
+        ev.cli(["--run", str(tmp_path)])
+    with pytest.raises(CfError, match="unknown set 'gsm9k'"):
+        ev.cli(["--run", str(tmp_path), "--eval-set", "gsm9k:3"])

@@ -1,0 +1,183 @@
+"""Export: GGUF read back with gguf.GGUFReader, and a transformers folder that generates like we do."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serve_helpers import tiny_model, tiny_tokenizer
+
+# llama.cpp's pre-tokenizer regex for LLAMA_VOCAB_PRE_TYPE_LLAMA3 ("llama-bpe"), as written in
+# src/llama-vocab.cpp (case-insensitive contractions spelled out as character classes).
+LLAMA_BPE_REGEX = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+TEXT = "Hello world's 12345 DON'T  stop!!\n\n  ünïcödé\ttabs 3.14"
+# The llama-bpe pre-tokenization of TEXT (worked out by hand from the rules: letters with one leading
+# non-letter, digits in groups of <= 3, punctuation runs with their newlines, whitespace runs).
+LLAMA_BPE_CHUNKS = ["Hello", " world", "'s", " ", "123", "45", " DON", "'T", " ", " stop", "!!\n\n", " ",
+                    " ünïcödé", "\ttabs", " ", "3", ".", "14"]
+
+
+def read_gguf(path):
+    from gguf import GGUFReader
+    r = GGUFReader(str(path))
+
+    def val(key):
+        f = r.fields[key]
+        if len(f.types) > 1 or f.types[0].name == "ARRAY":      # arrays: one part per element
+            return [f.contents(i) for i in range(len(f.data))]
+        return f.contents()
+    tensors = {t.name: np.array(t.data).reshape([int(x) for x in reversed(t.shape)]) for t in r.tensors}
+    return val, tensors
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def test_llama_bpe_pretokenization_equals_ours(tok):
+    import regex
+    from tokenizers import Tokenizer as HFTokenizer
+    from chatforge import bpe
+    assert regex.findall(LLAMA_BPE_REGEX, TEXT) == LLAMA_BPE_CHUNKS
+    assert regex.findall(tok.pattern, TEXT) == LLAMA_BPE_CHUNKS
+    assert bpe.split_chunks(TEXT) == LLAMA_BPE_CHUNKS
+    from chatforge.export import hf_tokenizer_json
+    hf = HFTokenizer.from_str(json.dumps(hf_tokenizer_json(tok)))
+    b2u = bpe.bytes_to_unicode()
+    assert [p for p, _ in hf.pre_tokenizer.pre_tokenize_str(TEXT)] == \
+        ["".join(b2u[b] for b in c.encode()) for c in LLAMA_BPE_CHUNKS]
+
+
+def test_permutation_round_trip():
+    from chatforge.export import permute_half_to_interleaved
+    from chatforge.hf import permute_interleaved_to_half
+    w = torch.randn(4 * 8, 5)
+    p = permute_half_to_interleaved(w, 4)
+    assert not torch.equal(p, w) and torch.equal(permute_interleaved_to_half(p, 4), w)
+    # head 0 of a head_dim-8 q: rotate_half pairs (j, j+4) become adjacent rows (2j, 2j+1)
+    assert torch.equal(p[0], w[0]) and torch.equal(p[1], w[4]) and torch.equal(p[2], w[1])
+
+
+def test_gguf_llama_metadata_and_tensors(tok, tmp_path):
+    from chatforge.export import CHAT_TEMPLATE, write_gguf
+    from chatforge.hf import permute_interleaved_to_half
+    m = tiny_model("llama", 0)
+    c = m.config
+    path = write_gguf(m, tok, tmp_path / "m.gguf", name="tiny")
+    val, tensors = read_gguf(path)
+    assert val("general.architecture") == "llama"
+    assert val("llama.block_count") == c.n_layer and val("llama.context_length") == c.seq_len
+    assert val("llama.attention.head_count") == c.n_head and val("llama.attention.head_count_kv") == c.n_kv_head
+    assert val("llama.embedding_length") == c.n_embd and val("llama.feed_forward_length") == c.mlp_hidden
+    assert val("llama.rope.freq_base") == pytest.approx(c.rope_theta)
+    assert val("tokenizer.ggml.model") == "gpt2" and val("tokenizer.ggml.pre") == "llama-bpe"
+    tokens, types = val("tokenizer.ggml.tokens"), val("tokenizer.ggml.token_type")
+    assert len(tokens) == c.vocab_size == len(types)      # padded to the model's vocab
+    assert tokens[tok.bos_id] == "<|bos|>" and types[tok.bos_id] == 3 and types[0] == 1 and types[-1] == 5
+    assert val("tokenizer.ggml.bos_token_id") == tok.bos_id
+    assert val("tokenizer.ggml.eos_token_id") == tok.special("<|assistant_end|>")
+    merges = val("tokenizer.ggml.merges")
+    assert len(merges) == tok.n_merged - 256 and all(len(x.split(" ")) == 2 for x in merges)
+    assert val("tokenizer.chat_template") == CHAT_TEMPLATE
+    sd = m.state_dict()
+    assert np.array_equal(tensors["token_embd.weight"], sd["wte.weight"].numpy())
+    assert np.array_equal(tensors["output.weight"], sd["lm_head.weight"].numpy())
+    for i in range(c.n_layer):
+        q = torch.from_numpy(tensors[f"blk.{i}.attn_q.weight"].copy())
+        k = torch.from_numpy(tensors[f"blk.{i}.attn_k.weight"].copy())
+        assert torch.equal(permute_interleaved_to_half(q, c.n_head), sd[f"blocks.{i}.attn.c_q.weight"])
+        assert torch.equal(permute_interleaved_to_half(k, c.n_kv_head), sd[f"blocks.{i}.attn.c_k.weight"])
+        assert np.array_equal(tensors[f"blk.{i}.ffn_gate.weight"], sd[f"blocks.{i}.mlp.c_gate.weight"].numpy())
+        assert np.array_equal(tensors[f"blk.{i}.ffn_down.weight"], sd[f"blocks.{i}.mlp.c_proj.weight"].numpy())
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_gguf_gpt2_fuses_qkv(tok, tmp_path):
+    from chatforge.export import write_gguf
+    m = tiny_model("gpt2", 1)
+    c = m.config
+    val, tensors = read_gguf(write_gguf(m, tok, tmp_path / "g.gguf", dtype="f16"))
+    assert val("general.architecture") == "gpt2"
+    sd = m.state_dict()
+    qkv = tensors["blk.0.attn_qkv.weight"]
+    assert qkv.shape == (3 * c.n_embd, c.n_embd) and qkv.dtype == np.float16
+    np.testing.assert_allclose(qkv[c.n_embd:2 * c.n_embd], sd["blocks.0.attn.c_k.weight"].numpy(), atol=1e-3)
+    assert tensors["position_embd.weight"].shape == (c.seq_len, c.n_embd)
+    assert "output.weight" not in tensors            # tied: llama.cpp reuses token_embd
+    assert tensors["blk.0.attn_norm.bias"].dtype == np.float32
+
+
+def test_gguf_rejects_architectures_llama_cpp_lacks(tok, tmp_path):
+    from chatforge.common import CfError
+    from chatforge.export import write_gguf
+    m = tiny_model("llama", 0)
+    m.config.mlp = "gelu"
+    with pytest.raises(CfError, match="no HF architecture"):
+        write_gguf(m, tok, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_hf_folder_generates_like_chatforge(tok, tmp_path):
+    """transformers loads the exported folder; its greedy continuation and tokenization equal ours."""
+    transformers = pytest.importorskip("transformers")
+    from chatforge.batcher import sequential_generate
+    from chatforge.checkpoint import save_checkpoint
+    from chatforge.export import cli
+    for flavour in ("llama", "gpt2"):
+        m = tiny_model(flavour, 2)
+        ck = save_checkpoint(tmp_path / flavour / "sft", 5, m, tok, {})
+        out = tmp_path / f"hf_{flavour}"
+        cli(["--format", "hf", "--ckpt", str(ck), "--out", str(out)])
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        htok = transformers.AutoTokenizer.from_pretrained(out)
+        text = "The quick brown fox"
+        ids = [tok.bos_id] + tok.encode(text)
+        assert htok(text, add_special_tokens=False)["input_ids"] == ids[1:]
+        ours = sequential_generate(m, ids, 12)
+        with torch.no_grad():
+            x = torch.tensor([ids])
+            theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=None)[0, len(ids):].tolist()
+        assert theirs == ours, flavour
+        conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12*7?"},
+                {"role": "assistant", "content": "84."}, {"role": "user", "content": "And 2*3?"}]
+        assert htok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False) == \
+            tok.render_for_completion({"messages": conv})
+        gen = json.loads((out / "generation_config.json").read_text())
+        assert tok.special("<|assistant_end|>") in gen["eos_token_id"]
+
+
+def test_export_cli_gguf_and_bad_input(tok, tmp_path):
+    from chatforge.checkpoint import save_checkpoint
+    from chatforge.common import CfError
+    from chatforge.export import cli
+    ck = save_checkpoint(tmp_path / "run" / "base", 1, tiny_model(), tok, {})
+    cli(["--format", "gguf", "--ckpt", str(tmp_path / "run" / "base"), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "chatforge-run-base.gguf").exists()
+    assert json.loads((tmp_path / "out" / "export_gguf.json").read_text())["kind"] == "export-gguf"
+    with pytest.raises(CfError, match="no complete checkpoint"):
+        cli(["--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")])
+    with pytest.raises(SystemExit):
+        cli(["--format", "onnx", "--ckpt", str(ck), "--out", str(tmp_path / "o3")])
+
+
+def test_llama_cpp_greedy_continuation(tok, tmp_path):
+    """Only where llama-cpp-python is installed (a wheel in /work/shared/wheels); skipped otherwise."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from chatforge.batcher import sequential_generate
+    from chatforge.export import write_gguf
+    m = tiny_model("llama", 0)
+    path = write_gguf(m, tok, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=m.config.seq_len, verbose=False)
+    ids = [tok.bos_id] + tok.encode("The quick brown fox")
+    out = []
+    llm.eval(ids)
+    for _ in range(8):
+        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(t)
+        llm.eval([t])
+    assert out == sequential_generate(m, ids, 8)

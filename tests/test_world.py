@@ -1,0 +1,135 @@
+"""The synthetic world: deterministic, sized by its config, honest about what is in the corpus."""
+import json
+import random
+import re
+
+import pytest
+
+from chatforge.common import CfError
+from chatforge.tools import calculate
+from chatforge.world import (ATTRIBUTES, World, WorldConfig, build_world, load_world, qa_items,
+                             write_world)
+
+SMALL = dict(n_people=60, known_fraction=0.75, n_bios_per_person=3, n_cities=6, n_countries=2,
+             n_universities=4, n_employers=5, n_filler_per_entity=2, n_problems=300, n_spelling=200)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return build_world(WorldConfig(seed=7, **SMALL))
+
+
+def test_same_seed_same_bytes_different_seed_differs(tmp_path):
+    a = write_world(build_world(WorldConfig(seed=7, **SMALL)), tmp_path / "a")
+    b = write_world(build_world(WorldConfig(seed=7, **SMALL)), tmp_path / "b")
+    c = write_world(build_world(WorldConfig(seed=8, **SMALL)), tmp_path / "c")
+    for rel in ("world/world.json", "corpus/corpus.jsonl"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+        assert (a / rel).read_bytes() != (c / rel).read_bytes(), rel
+    meta = json.loads((a / "corpus" / "corpus.json").read_text())
+    assert meta["kind"] == "corpus" and meta["synthetic"] is True
+    assert meta["source"] == "chatforge synthetic world, seed 7"
+    assert (a / "world" / "meta.json").exists()
+    # the round trip gives back the same world
+    assert load_world(a).to_json() == build_world(WorldConfig(seed=7, **SMALL)).to_json()
+
+
+def test_sizes_respected(world):
+    cfg = world.config
+    assert len(world.people) == cfg.n_people
+    assert len(world.known) == round(cfg.known_fraction * cfg.n_people)
+    assert all(len(p.bios) == cfg.n_bios_per_person for p in world.people)
+    assert len({p.name for p in world.people}) == cfg.n_people  # names are unique
+    assert 0.9 * cfg.n_problems <= len(world.problems) <= cfg.n_problems  # minus exact duplicates
+    assert 0.5 * cfg.n_spelling <= len(world.letters) <= cfg.n_spelling
+    for items in (world.problems, world.letters):
+        n_test = sum(it["split"] == "test" for it in items)
+        assert n_test == round(cfg.test_fraction * len(items))
+    kinds = {e["kind"] for e in world.entities}
+    assert kinds == {"country", "city", "university", "employer", "field"}
+
+
+def test_known_unknown_split(world):
+    known, unknown = world.known, world.unknown
+    assert unknown and known and not {p.id for p in known} & {p.id for p in unknown}
+    text = "\n".join(d["text"] for d in world.corpus_documents())
+    for p in unknown:  # an unknown person's full name never appears in the pretraining corpus
+        assert not re.search(r"\b" + re.escape(p.name) + r"\b", text), p.name
+    for p in known:
+        assert p.name in text
+    # ... but every person can be found through the search tool's documents
+    search_text = "\n".join(d["text"] for d in world.search_documents())
+    assert all(p.name in search_text for p in world.people)
+
+
+def test_bios_state_every_attribute(world):
+    for p in world.people:
+        for bio in p.bios:
+            assert p.name in bio
+            for a in ATTRIBUTES:
+                assert p.attribute(a) in bio, (a, bio)
+        assert len(set(p.bios)) > 1  # paraphrased, not copies
+
+
+def test_problem_answers_recompute(world):
+    for pr in world.problems:
+        assert calculate(pr["expression"]) == pr["answer"], pr
+        for step in pr["steps"]:
+            lhs, rhs = step.split("=")
+            assert calculate(lhs) == int(rhs), step
+        assert int(pr["steps"][-1].split("=")[1]) == pr["answer"]
+        assert isinstance(pr["answer"], int)
+    for it in world.letters:
+        if it["kind"] == "count_letter":
+            assert it["word"].count(it["letter"]) == it["answer"]
+        else:
+            assert it["answer"] == "-".join(it["word"])
+
+
+def test_test_split_never_in_corpus(world):
+    text = "\n".join(d["text"] for d in world.corpus_documents())
+    held_out = [it for it in world.problems + world.letters if it["split"] == "test"]
+    assert held_out
+    assert not any(it["question"] in text for it in held_out)
+    assert all(it["question"] in text for it in world.problems if it["split"] == "train")
+
+
+def test_corpus_documents_shape(world):
+    docs = world.corpus_documents()
+    assert docs == world.corpus_documents()  # deterministic order
+    assert len({d["id"] for d in docs}) == len(docs)
+    assert {d["source"] for d in docs} == {"bio", "filler", "math", "letters"}
+    assert all(set(d) == {"id", "text", "source"} and d["text"] for d in docs)
+
+
+def test_qa_items(world):
+    rng = random.Random(0)
+    items = qa_items(world, world.unknown, rng)
+    assert len(items) == len(world.unknown) * len(ATTRIBUTES)
+    for it in items:
+        p = next(q for q in world.people if q.id == it["person"])
+        assert p.name in it["question"] and it["answer"] == p.attribute(it["attribute"])
+        assert it["known"] is False
+    assert len({it["question"].replace(it["name"], "") for it in items}) > 5  # paraphrased templates
+
+
+def test_default_size_and_identity(tmp_path):
+    w = build_world(WorldConfig())
+    n = sum(len(d["text"].encode()) for d in w.corpus_documents())
+    assert 2e6 <= n <= 4e6, n
+    assert w.identity["name"] == "Forge" and w.identity["maker"] == "the chatforge project"
+    f = tmp_path / "id.json"
+    f.write_text(json.dumps({"name": "Anvil"}))
+    assert build_world(WorldConfig(identity=str(f), **SMALL)).identity["name"] == "Anvil"
+    f.write_text(json.dumps({"nmae": "Anvil"}))
+    with pytest.raises(CfError, match="nmae"):
+        build_world(WorldConfig(identity=str(f), **SMALL))
+    with pytest.raises(CfError, match="known_fraction"):
+        build_world(WorldConfig(known_fraction=1.5))
+
+
+def test_cli(tmp_path, capsys):
+    from chatforge.world import cli
+    cli(["--run", str(tmp_path / "r"), "--n-people", "20", "--n-problems", "50", "--n-spelling", "20", "--seed", "3"])
+    assert (tmp_path / "r" / "corpus" / "corpus.jsonl").exists()
+    assert "corpus:" in capsys.readouterr().out
