@@ -128,8 +128,9 @@ class ChatSession:
                 write(dec.push(t))
             else:
                 held.append(t)
-        if mode == "call":  # the token budget ended inside a tool call: show what there was
-            write(f"\n[tool call, unfinished] {self.tok.decode(held)}\n")
+        if mode != "text":  # the token budget ended inside a tool call / output: show what there was
+            what = "tool call" if mode == "call" else "tool output"
+            write(f"\n[{what}, cut at the token budget] {self.tok.decode(held)}\n")
         write(dec.flush())
         gen.close()
         self.turn += 1

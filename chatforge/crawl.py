@@ -254,9 +254,18 @@ def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def render_page(title: str, text: str, site: str, rng: random.Random, lang: str = "en") -> str:
-    """A page: header nav, article (one <p> per paragraph/line), sidebar links, footer with policy links."""
+def render_page(text: str, site: str, rng: random.Random, lang: str = "en") -> str:
+    """A page: header nav, article (one <p> per paragraph/line), sidebar links, footer with policy links.
+
+    A short first line without final punctuation is the document's own title: it becomes the <h1>
+    (and is not repeated as a paragraph, which would plant a duplicated line); otherwise the <h1>
+    is a section name.
+    """
     paras = [p.strip() for p in text.replace("\r", "").split("\n") if p.strip()]
+    if paras and len(paras[0].split()) <= 12 and not paras[0].endswith((".", "!", "?")):
+        title, paras = paras[0], paras[1:]
+    else:
+        title = rng.choice(["Articles", "Stories", "Notes", "Features", "Reports"])
     nav = "".join(f'<li><a href="/{n.lower()}">{n}</a></li>' for n in rng.sample(_NAV, 6))
     side = "".join(f'<li><a href="/post/{rng.randrange(10**5)}">{rng.choice(_NAV)} {rng.randrange(100)}</a></li>'
                    for _ in range(5))
@@ -269,11 +278,6 @@ def render_page(title: str, text: str, site: str, rng: random.Random, lang: str 
             f'<footer><p>&copy; 2024 {site.title()} Media. All rights reserved.</p>'
             f'<p><a href="/privacy">Privacy policy</a> | <a href="/terms">Terms of use</a> | '
             f'This site uses cookies.</p></footer>\n</body></html>\n')
-
-
-def _title(text: str) -> str:
-    words = text.split()[:8]
-    return " ".join(words).strip(".,;:") or "Untitled"
 
 
 def _near_copy(text: str, rng: random.Random) -> str:
@@ -404,12 +408,12 @@ def make_crawl(docs: list[dict], out_dir: str | Path, seed: int = 0, frac_exact:
             user = rng.choice(["john.smith", "maria.k", "support", "dr.lee"])
             ip = f"{rng.randint(23, 90)}.{rng.randint(1, 254)}.{rng.randint(1, 254)}.{rng.randint(1, 254)}"
             lines = text.split("\n")
-            lines.insert(len(lines) // 2, f"For questions write to {user}@mailbox{i}.net or reach our server at {ip} directly.")
+            lines.insert(max(2, len(lines) // 2), f"For questions write to {user}@mailbox{i}.net or reach our server at {ip} directly.")
             text, label = "\n".join(lines), "pii"
         elif i < n_pii + n_block and blocked:
             site, label = rng.choice(blocked), "blocklisted"
         url = url_for(i, site)
-        html = render_page(_title(text), text, site or url.split("/")[2].split(".")[0], rng)
+        html = render_page(text, site or url.split("/")[2].split(".")[0], rng)
         pages.append((url, html, label, str(d.get("id", i)), "text/html; charset=utf-8"))
         if label == "clean":
             originals.append((url, text, html, str(d.get("id", i))))
@@ -421,14 +425,14 @@ def make_crawl(docs: list[dict], out_dir: str | Path, seed: int = 0, frac_exact:
             pages.append((url_for(n + j), html, "exact_dup", sid, "text/html; charset=utf-8"))
         else:
             near = _near_copy(text, rng)
-            pages.append((url_for(n + j), render_page(_title(near), near, "mirror", rng), "near_dup", sid,
+            pages.append((url_for(n + j), render_page(near, "mirror", rng), "near_dup", sid,
                           "text/html; charset=utf-8"))
     for j in range(int(frac_spam * n)):
         s = _spam(rng)
-        pages.append((url_for(2 * n + j), render_page(_title(s), s, "deals", rng), "spam", "", "text/html"))
+        pages.append((url_for(2 * n + j), render_page(s, "deals", rng), "spam", "", "text/html"))
     for j in range(int(frac_foreign * n)):
         lang, s = _foreign(rng)
-        pages.append((url_for(3 * n + j), render_page(_title(s), s, "journal", rng, lang), "non_english", lang,
+        pages.append((url_for(3 * n + j), render_page(s, "journal", rng, lang), "non_english", lang,
                       "text/html; charset=utf-8"))
     with atomic_path(out_dir / "crawl.warc.gz") as tmp:
         with open(tmp, "wb") as f:

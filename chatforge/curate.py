@@ -271,11 +271,22 @@ def _run_local(ex) -> None:
     ex.pipeline = pipeline
 
 
+def _ensure_filtered(work: Path) -> None:
+    """Stage C's reader fails on an empty folder: when stage A kept nothing, give it one empty file."""
+    import gzip
+    folder = work / "filtered"
+    if not any(folder.glob("*.jsonl.gz")):
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "empty.jsonl.gz") as tmp:
+            with gzip.open(tmp, "wb"):
+                pass
+
+
 def _reset_if_changed(work: Path, cfg: DataConfig) -> None:
     """Completed tasks are only reused for the same config and the same input files."""
     src = Path(cfg.input)
     files = sorted(src.rglob("*")) if src.is_dir() else [src]
-    key = json.dumps({"config": {k: v for k, v in vars(cfg).items() if k not in ("workers",)},
+    key = json.dumps({"config": {k: v for k, v in vars(cfg).items() if k not in ("workers", "executor", "slurm_partition")},
                       "inputs": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]},
                      sort_keys=True)
     stamp = work / "fingerprint.json"
@@ -320,6 +331,8 @@ def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
         if cfg.executor == "local":  # local executors with depends= poll every 2 minutes; run in order instead
             for ex in (ex_a, ex_b, ex_c):
                 if ex is not None:
+                    if ex is ex_c:
+                        _ensure_filtered(work)
                     ex.depends = None
                     _run_local(ex)
         else:

@@ -120,8 +120,12 @@ class Engine:
         return [t for t in (self.ids["assistant_end"], self.ids["bos"]) if t is not None]
 
     def _forward(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits of the last position only (B, V): a long prefill never materializes (T, V) logits."""
+        m = self.model
         with torch.inference_mode(), autocast_ctx(str(self.device)):
-            return self.model(idx, kv_cache=cache)[:, -1, :].float()         # (B, V)
+            if hasattr(m, "forward_hidden"):
+                return m.lm_head(m.forward_hidden(idx, kv_cache=cache)[:, -1, :]).float()
+            return m(idx, kv_cache=cache)[:, -1, :].float()
 
     def generate(self, prompt: list[int], num_samples: int = 1, max_new_tokens: int = 256,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -134,7 +138,10 @@ class Engine:
         ``prompt[:kv_cache.pos]``; only the rest of the prompt is prefilled and the cache is advanced in
         place (it then holds every token fed to the model). Needs num_samples == 1."""
         c = self.model.config
+        n_given = len(prompt)
         prompt = check_prompt(prompt, c.vocab_size, c.seq_len, max_new_tokens, truncate)
+        if kv_cache is not None and len(prompt) != n_given:
+            kv_cache.pos = 0          # left-truncation shifted every position: the cached keys are stale
         if num_samples < 1:
             raise CfError(f"num_samples: expected >= 1, got {num_samples}")
         stops = set(self.default_stop_tokens() if stop_tokens is None else stop_tokens)

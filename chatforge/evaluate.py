@@ -183,18 +183,25 @@ def generate_reply(engine, tokenizer, conv: dict, max_new_tokens: int = 64) -> s
 
 # ----------------------------------------------------------------------------- the experiments
 
-def _replies(engine, tokenizer, convs: list[dict], max_new_tokens: int) -> list[str]:
-    return [generate_reply(engine, tokenizer, c, max_new_tokens) for c in convs]
+def _replies(engine, tokenizer, convs: list[dict], max_new_tokens: int) -> list[tuple[str, list[dict]]]:
+    """Greedy (text, parts) replies; parts include the tool calls and outputs."""
+    from chatforge.convo import parse_reply, sample_replies
+    return [parse_reply(tokenizer, sample_replies(engine, tokenizer, tokenizer.render_for_completion(c), 1,
+                                                  max_new_tokens, 0.0)[0]) for c in convs]
 
 
-def _judge(convs: list[dict], replies: list[str], judge: Callable[[int, str], bool],
+def _judge(convs: list[dict], replies: list[tuple[str, list[dict]]], judge: Callable[[int, str], bool],
            examples: list | None = None) -> dict[str, Any]:
-    """``judge(i, reply)`` -> success for each reply; keeps two examples for the report."""
-    oks = [bool(judge(i, r)) for i, r in enumerate(replies)]
+    """``judge(i, reply text)`` -> success for each reply; counts replies that called a tool and keeps
+    two examples (with their tool calls) for the report."""
+    oks = [bool(judge(i, r)) for i, (r, _) in enumerate(replies)]
     if examples is not None:
-        examples += [{"q": c["messages"][-1]["content"], "reply": r, "ok": ok}
-                     for c, r, ok in list(zip(convs, replies, oks))[:2]]
-    return proportion(sum(oks), len(oks))
+        examples += [{"q": c["messages"][-1]["content"], "reply": r, "ok": ok,
+                      "tools": [f"{p['name']}({p['input']!r})" for p in parts if p["type"] == "tool_call"]}
+                     for c, (r, parts), ok in list(zip(convs, replies, oks))[:2]]
+    m = proportion(sum(oks), len(oks))
+    m["tool_calls"] = sum(any(p["type"] == "tool_call" for p in parts) for _, parts in replies)
+    return m
 
 
 def _user(q: str, system: str | None = None) -> dict:
@@ -202,12 +209,12 @@ def _user(q: str, system: str | None = None) -> dict:
     return chat(q, system=system)
 
 
-def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
-                    ablation: bool = True) -> tuple[str, dict[str, Any]]:
+def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto", ablation: bool = True,
+                    max_new_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
     """The measured experiments on ``<run>/sft`` (and the ablation ``<run>/sft_ablation``, trained here
     from ``sft_data/train_ablation.jsonl`` with the main SFT's config when absent).
 
-    ``n_eval`` caps the questions per cell. Returns (markdown section, metrics dict) and writes
+    ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests). Returns (markdown section, metrics dict) and writes
     ``<run>/sft/experiments.json``.
     """
     import time
@@ -215,8 +222,8 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
     from chatforge.checkpoint import load_checkpoint
     from chatforge.common import atomic_write_json, get_device, print0, read_json
     from chatforge.common import run_dir as _run_dir
-    from chatforge.convo import (IDENTITY_QUESTIONS, LETTER_STYLES, MATH_STYLES, answer_matches, is_refusal,
-                                 system_prompt_for)
+    from chatforge.convo import (IDENTITY_QUESTIONS, LETTER_STYLES, MATH_STYLES, answer_matches, small_model_threads,
+                                 is_refusal, system_prompt_for)
     from chatforge.engine import Engine
     from chatforge.sft import SFTConfig, make_toolbox, sft
     from chatforge.world import load_world
@@ -236,7 +243,10 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
         abl_dir = rd / "sft_ablation"
         from chatforge.checkpoint import latest_checkpoint
         if latest_checkpoint(abl_dir) is None:
-            cfg = SFTConfig(**{**main.state["train_config"], "run": str(rd), "out": "sft_ablation",
+            import dataclasses
+            known = {f.name for f in dataclasses.fields(SFTConfig)}  # the main SFT's settings, same budget
+            prev = {k: v for k, v in (main.state.get("train_config") or {}).items() if k in known}
+            cfg = SFTConfig(**{**prev, "run": str(rd), "out": "sft_ablation", "init": prev.get("init", ""),
                                "data": str(rd / "sft_data" / "train_ablation.jsonl"), "device": device})
             t1 = time.perf_counter()
             sft(cfg)
@@ -246,12 +256,16 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
     m: dict[str, Any] = {"n_cap": n, "examples": {}}
     rows: list[list[str]] = []
 
-    def cell(key: str, label: str, cond: str, engine, convs, judge, max_new, replies=None) -> list[str]:
-        replies = replies if replies is not None else _replies(engine, tok, convs, max_new)
+    def cell(key: str, label: str, cond: str, engine, convs, judge, max_new, replies=None) -> list:
+        max_new = min(max_new, max_new_tokens or max_new)
+        if replies is None:
+            with small_model_threads(engine.model):
+                replies = _replies(engine, tok, convs, max_new)
         ex: list = []
         m[key] = _judge(convs, replies, judge, ex)
         m["examples"][key] = ex
-        rows.append([label, cond, fmt_prop(m[key])])
+        tc = f"; {m[key]['tool_calls']}/{m[key]['n']} called a tool" if m[key]["tool_calls"] else ""
+        rows.append([label, cond, fmt_prop(m[key]) + tc])
         return replies
 
     known = ev["known"][:n]

@@ -151,16 +151,17 @@ def token_bytes(tokenizer: Any, vocab_size: int) -> torch.Tensor:
 def evaluate_bpb(model: nn.Module, loader: TokenLoader, steps: int, tbytes: torch.Tensor, device: str,
                  dtype: str, d: Dist) -> tuple[float, float]:
     """(mean val loss in nats over all targets, bits per byte) over ``steps`` batches per rank."""
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss_all, n_all, loss_bytes, n_bytes
+    acc = torch.float32 if device.startswith("mps") else torch.float64  # MPS has no float64
+    sums = torch.zeros(4, dtype=acc, device=device)  # loss_all, n_all, loss_bytes, n_bytes
     tbytes = tbytes.to(device)
     for _ in range(steps):
         x, y = loader.next()
         x, y = x.to(device), y.to(device)
         with autocast_ctx(device, dtype):
-            loss = model(x, y, reduction="none").double()    # (B, T)
-        nb = tbytes[y]                                          # (B, T)
-        sums += torch.stack([loss.sum(), torch.tensor(loss.numel(), device=device, dtype=torch.float64),
-                             (loss * (nb > 0)).sum(), nb.sum().double()])
+            loss = model(x, y, reduction="none").to(acc)     # (B, T) nats per target
+        nb = tbytes[y]                                          # (B, T) bytes per target
+        sums += torch.stack([loss.sum(), torch.tensor(loss.numel(), device=device, dtype=acc),
+                             (loss * (nb > 0)).sum(), nb.sum().to(acc)])
     all_reduce_sum(sums, d)
     val_loss = (sums[0] / sums[1]).item()
     bpb = (sums[2] / (math.log(2) * sums[3])).item() if sums[3] > 0 else float("nan")
@@ -426,9 +427,9 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
         if step > 1 or cfg.resume:  # the first step pays for allocation / compilation
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
             timed_steps += 1
-        if cfg.time_budget > 0 and cfg.max_steps <= 0 and cfg.token_budget <= 0 and timed_steps == 5:
+        if cfg.time_budget > 0 and timed_steps == 5:  # fit the schedule to the time left
             left = cfg.time_budget - (time.perf_counter() - t_start)
-            total_steps = max(step + 1, step + int(left / dt_ema))
+            total_steps = min(total_steps, max(step + 1, step + int(left / dt_ema)))
         tps = total_batch / dt
         if step % cfg.log_every == 0 or step == total_steps:
             mfu = f"{100 * flops_per_token * tps / (peak * d.world_size):.1f}%" if peak else "n/a"

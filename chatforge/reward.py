@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, config_from_args,
+from chatforge.common import (CfError, Timer, add_config_args, config_from_args,
                               get_device, make_parser, print0, print_config, run_dir, seed_all)
 from chatforge.rl import extract_answer, normalize_number, world_problems
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import random
 import re
@@ -52,11 +51,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from chatforge.common import (CfError, Timer, atomic_write_json, config_from_args, add_config_args,
-                              get_device, make_parser, print0, print_config, read_json, run_dir, seed_all,
-                              write_meta)
+from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, config_from_args, get_device,
+                              make_parser, print0, print_config, run_dir, seed_all)
 
 # ============================================================================ pure GRPO math
 
@@ -512,20 +509,23 @@ def _resolve_paths(cfg: RLConfig) -> tuple[Path, Path, Path]:
 
 def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problems: list[dict] | None = None,
              eval_problems: list[dict] | None = None, rm_scorer: Callable | None = None,
-             observe: Callable[[list[str], list[dict]], dict] | None = None, save: bool = True
+             observe: Callable[[list[str], list[dict]], dict] | None = None,
+             probe: Callable[[object, object, object], dict] | None = None, save: bool = True
              ) -> tuple[Path | None, dict]:
     """Run GRPO (or RLHF with ``algo='ppo'``) and return (checkpoint path or None, metrics).
 
     Everything may be passed in-process (tests, speedrun); otherwise checkpoints are read from
     ``cfg.source``/``cfg.ref`` and problems from ``cfg.task``. ``observe(texts, problems) -> dict`` adds
-    per-step metrics (the over-optimization experiment logs the hidden true score with it). Nothing is
-    written unless the whole run succeeds.
+    per-step metrics (the over-optimization experiment logs the hidden true score with it);
+    ``probe(engine, policy, ref) -> dict`` runs at every evaluation (fixed held-out measurements).
+    Nothing is written unless the whole run succeeds.
     """
     for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens"):
         if getattr(cfg, name) < 1:
             raise CfError(f"rl config: {name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.group_size < 2:
         raise CfError("rl config: group_size must be >= 2 (the baseline is the group mean)")
+    from chatforge.optim import build_optimizer
     seed_all(cfg.seed)
     device = get_device(cfg.device)
     source, ref_path, out = _resolve_paths(cfg)
@@ -554,7 +554,8 @@ def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problem
     if train_problems is None:
         train_problems = styled(load_task(cfg.task, "train", cfg.seed, cfg.train_problems or None, cfg.run), style)
     if eval_problems is None:
-        eval_problems = styled(load_task(cfg.task, "test", cfg.seed, cfg.eval_problems, cfg.run), style)
+        eval_problems = styled(load_task(cfg.task, "test", cfg.seed, cfg.eval_problems, cfg.run), style) \
+            if cfg.eval_problems > 0 else []
     L = policy.config.seq_len
     train_problems = fitting(tokenizer, train_problems, L, cfg.max_new_tokens, "training problems")
     eval_problems = fitting(tokenizer, eval_problems, L, cfg.max_new_tokens, "held-out problems")
@@ -563,12 +564,19 @@ def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problem
     rng = random.Random(cfg.seed)
     reward_fn = make_reward_fn(cfg, rng, rm_scorer)
     engine = make_engine(policy, tokenizer, use_tools=cfg.style == "tool" or cfg.task != "world")
-    opt = __import__("chatforge.optim", fromlist=["build_optimizer"]).build_optimizer(policy, cfg)
+    opt = build_optimizer(policy, cfg)
     pad_id = tokenizer.bos_id
     history: list[dict] = []
-    evals: list[dict] = []
+    evals: list[dict] = []   # held-out pass@k (before, during, after)
+    probes: list[dict] = []  # probe(...) measurements
 
     def run_eval(step: int) -> None:
+        if probe is not None:
+            with Timer("rl probe", quiet=True) as te:
+                pr = probe(engine, policy, ref)
+            probes.append({"step": step, **pr, "eval_s": te.seconds})
+            print0(f"rl probe step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in pr.items()
+                                                       if isinstance(v, float)))
         if eval_problems and cfg.eval_k >= 1:
             with Timer("rl eval", quiet=True) as te:
                 ev = evaluate_problems(engine, tokenizer, eval_problems, cfg.eval_k, cfg.max_new_tokens,
@@ -577,11 +585,12 @@ def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problem
             print0(f"rl eval step {step}: pass@1 {ev['pass@1']:.3f} pass@{cfg.eval_k} {ev[f'pass@{cfg.eval_k}']:.3f} "
                    f"greedy {ev['greedy_acc']:.3f} ({te.seconds:.1f}s)")
 
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()
     run_eval(0)
+    t0 = time.perf_counter()  # the budget covers training (and the evaluations during it), >= 1 step
     step = 0
     for step in range(1, cfg.steps + 1):
-        if cfg.budget_s and time.perf_counter() - t0 > cfg.budget_s:
+        if cfg.budget_s and step > 1 and time.perf_counter() - t0 > cfg.budget_s:
             print0(f"rl: time budget {cfg.budget_s:.0f}s reached after {step - 1} steps")
             step -= 1
             break
@@ -616,13 +625,13 @@ def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problem
                f"kl {rec.get('kl', 0):.4f} (gen {gen_s:.1f}s, train {rec['train_s']:.1f}s)")
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             run_eval(step)
-    if not evals or evals[-1]["step"] != step:
+    if not (evals or probes) or (evals or probes)[-1]["step"] != step:
         run_eval(step)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t_start
     gen_total = sum(h["gen_s"] for h in history)
     metrics = {"algo": cfg.algo, "reward_kind": cfg.reward, "steps": step, "seconds": seconds,
                "gen_share": gen_total / max(1e-9, sum(h["gen_s"] + h["train_s"] for h in history)),
-               "history": history, "evals": evals, "before": evals[0] if evals else {},
+               "history": history, "evals": evals, "probes": probes, "before": evals[0] if evals else {},
                "after": evals[-1] if evals else {}}
     path = None
     if save:
@@ -657,79 +666,13 @@ def cli(argv: list[str]) -> None:
                f"{b.get('greedy_acc', 0):.3f} -> {a.get('greedy_acc', 0):.3f} on {a.get('n_problems')} held-out problems")
 
 
-# ============================================================================ speedrun stages
+# ============================================================================ speedrun stages (chatforge.rlhf)
 
-def plot_rl(history: list[dict], evals: list[dict], path: Path, title: str = "GRPO") -> Path:
-    """Reward per step (and its moving average), held-out pass@1, response length -> PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [h["step"] for h in history]
-    rew = [h["reward"] for h in history]
-    w = max(1, len(rew) // 10)
-    ma = [sum(rew[max(0, i - w + 1):i + 1]) / len(rew[max(0, i - w + 1):i + 1]) for i in range(len(rew))]
-    ax[0].plot(steps, rew, ".", alpha=0.4, label="mean reward (batch)")
-    ax[0].plot(steps, ma, "-", label=f"moving average ({w})")
-    if evals:
-        ax[0].plot([e["step"] for e in evals], [e["pass@1"] for e in evals], "s-", label="held-out pass@1")
-    ax[0].set_xlabel("step"), ax[0].set_title(f"{title}: reward"), ax[0].legend(fontsize=7)
-    ax[1].plot(steps, [h["resp_len"] for h in history], "-", label="mean response tokens")
-    ax[1].set_xlabel("step"), ax[1].set_title("response length"), ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from chatforge.common import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
-
-
-def _acc_line(name: str, ev: dict) -> list:
-    k, n = ev.get("greedy_correct", 0), ev.get("n_problems", 0)
-    lo, hi = wilson_interval(k, n)
-    return [name, f"{k}/{n} = {k / max(1, n):.3f}", f"[{lo:.3f}, {hi:.3f}]", ev.get("pass@1", 0.0),
-            max((v for key, v in ev.items() if key.startswith("pass@") and key != "pass@1"), default=0.0),
-            ev.get("eval_len", 0.0)]
-
-
-def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "cpu", eval_problems: int = 40,
-                 eval_k: int = 4, control: bool = False, **overrides) -> tuple[str, dict]:
-    """Speedrun stage: GRPO on the world's word problems from ``<run>/sft``, writing ``<run>/rl/``.
-
-    Returns (markdown section, metrics). ``control=True`` also runs the random-reward control with
-    the same budget (not saved). ``overrides`` are RLConfig fields.
-    """
-    from chatforge.report import md_table
-    rd = Path(run_dir_)
-    train_budget = 0.65 * budget_s  # the rest: held-out evaluation before and after
-    base = dict(run=str(rd), source=str(rd / "sft"), out=str(rd / "rl"), task="world", steps=10_000,
-                prompts_per_step=4, group_size=8, max_new_tokens=48, lr=1e-4, eval_problems=eval_problems,
-                eval_k=eval_k, eval_every=0, budget_s=train_budget, device=device)
-    cfg = RLConfig(**{**base, **overrides})
-    path, m = train_rl(cfg)
-    fig = plot_rl(m["history"], m["evals"], rd / "report" / "rl_reward.png")
-    rows = [_acc_line("SFT (before)", m["before"]), _acc_line("GRPO (after)", m["after"])]
-    metrics = {"rl_steps": m["steps"], "rl_seconds": m["seconds"], "rl_gen_share": m["gen_share"],
-               "rl_before_acc": m["before"].get("greedy_acc"), "rl_after_acc": m["after"].get("greedy_acc"),
-               "rl_before_pass1": m["before"].get("pass@1"), "rl_after_pass1": m["after"].get("pass@1"),
-               "rl_final_kl": m["history"][-1].get("kl") if m["history"] else None,
-               "rl_checkpoint": str(path)}
-    md = [f"## RL (GRPO on word problems)", "",
-          f"{m['steps']} GRPO steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples in "
-          f"{m['seconds']:.0f}s ({100 * m['gen_share']:.0f}% of step time generating), reward = exact answer "
-          f"+ {cfg.format_weight} x format, KL coef {cfg.kl_coef}, {cfg.loss_norm} normalization. "
-          f"Held-out: {m['after'].get('n_problems', 0)} test problems, greedy accuracy with Wilson 95% interval, "
-          f"pass@1/pass@{cfg.eval_k} from {cfg.eval_k} samples at T={cfg.temperature}.", "",
-          md_table(["model", "greedy accuracy", "95% CI", "pass@1", f"pass@{cfg.eval_k}", "mean response tokens"], rows),
-          "", f"![GRPO reward]({fig.relative_to(rd).as_posix()})"]
-    if control:
-        ccfg = RLConfig(**{**asdict(cfg), "reward": "random", "seed": cfg.seed + 1})
-        _, cm = train_rl(ccfg, save=False)
-        metrics["control_after_acc"] = cm["after"].get("greedy_acc")
-        md += ["", f"Control (random 0/1 reward, same budget): greedy accuracy "
-                   f"{cm['before'].get('greedy_acc', 0):.3f} -> {cm['after'].get('greedy_acc', 0):.3f}."]
-    return "\n".join(md) + "\n", metrics
+def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "cpu", **kw) -> tuple[str, dict]:
+    """Speedrun stage: GRPO on the world's word problems from ``<run>/sft`` into ``<run>/rl/``;
+    returns (markdown section, metrics). See ``chatforge.rlhf.run_rl_stage``."""
+    from chatforge.rlhf import run_rl_stage as stage
+    return stage(run_dir_, budget_s=budget_s, device=device, **kw)
 
 
 def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = "cpu", **kw) -> tuple[str, dict]:

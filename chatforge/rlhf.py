@@ -1,4 +1,5 @@
-"""The ``--full`` RLHF stage: reward model, RLHF against it, over-optimization, DPO, test-time search.
+"""The RL speedrun stages: ``run_rl_stage`` (GRPO on word problems, reward curve, accuracy before/after)
+and the ``--full`` ``run_rlhf_stage``: reward model, RLHF against it, over-optimization, DPO, search.
 
 Everything runs on the synthetic preferences of ``chatforge.reward`` (a hidden rule: correct AND
 polite AND concise, judged by noisy Bradley-Terry annotators), so each learned quantity can be
@@ -18,13 +19,14 @@ from __future__ import annotations
 import copy
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from chatforge.common import print0
 from chatforge.reward import (RMConfig, rm_reward_fn, score_texts, split_pairs, synthetic_preferences, train_rm,
                               true_score)
 from chatforge.rl import (RLConfig, exact_reward, fitting, load_ckpt, make_engine, styled, train_rl,
-                          world_problems)
+                          wilson_interval, world_problems)
 
 
 def greedy_eval(policy, tokenizer, problems: list[dict], max_new_tokens: int, rm=None, device: str = "cpu") -> dict:
@@ -39,28 +41,129 @@ def greedy_eval(policy, tokenizer, problems: list[dict], max_new_tokens: int, rm
     return out
 
 
-def divergence_point(history: list[dict], w: int = 5) -> dict:
-    """Where the hidden true score (moving average) peaks while the RM score keeps rising."""
-    ma = lambda key: [sum(h[key] for h in history[max(0, i - w + 1):i + 1]) / len(history[max(0, i - w + 1):i + 1])
-                      for i in range(len(history))]
-    t, r = ma("true_score"), ma("reward")
-    i = max(range(len(t)), key=lambda j: t[j])
-    return {"peak_step": history[i]["step"], "peak_kl": history[i].get("seq_kl", 0.0), "true_at_peak": t[i],
-            "true_final": t[-1], "rm_at_peak": r[i], "rm_final": r[-1], "rm_start": r[0], "true_start": t[0]}
+def plot_rl(history: list[dict], evals: list[dict], path: Path, title: str = "GRPO") -> Path:
+    """Reward per step (and its moving average), held-out pass@1, response length -> PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [h["step"] for h in history]
+    rew = [h["reward"] for h in history]
+    w = max(1, len(rew) // 10)
+    ma = [sum(rew[max(0, i - w + 1):i + 1]) / len(rew[max(0, i - w + 1):i + 1]) for i in range(len(rew))]
+    ax[0].plot(steps, rew, ".", alpha=0.4, label="mean reward (batch)")
+    ax[0].plot(steps, ma, "-", label=f"moving average ({w})")
+    if evals:
+        ax[0].plot([e["step"] for e in evals], [e["pass@1"] for e in evals], "s-", label="held-out pass@1")
+    ax[0].set_xlabel("step"), ax[0].set_title(f"{title}: reward"), ax[0].legend(fontsize=7)
+    ax[1].plot(steps, [h["resp_len"] for h in history], "-", label="mean response tokens")
+    ax[1].set_xlabel("step"), ax[1].set_title("response length"), ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from chatforge.common import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
 
 
-def plot_overopt(history: list[dict], path: Path) -> Path:
+def _acc_line(name: str, ev: dict) -> list:
+    k, n = ev.get("greedy_correct", 0), ev.get("n_problems", 0)
+    lo, hi = wilson_interval(k, n)
+    return [name, f"{k}/{n} = {k / max(1, n):.3f}", f"[{lo:.3f}, {hi:.3f}]", ev.get("pass@1", 0.0),
+            max((v for key, v in ev.items() if key.startswith("pass@") and key != "pass@1"), default=0.0),
+            ev.get("eval_len", 0.0)]
+
+
+def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "cpu", eval_problems: int = 40,
+                 eval_k: int = 4, control: bool = False, **overrides) -> tuple[str, dict]:
+    """Speedrun stage: GRPO on the world's word problems from ``<run>/sft``, writing ``<run>/rl/``.
+
+    Returns (markdown section, metrics). ``control=True`` also runs the random-reward control with
+    the same budget (not saved). ``overrides`` are RLConfig fields.
+    """
+    from chatforge.report import md_table
+    from chatforge.rl import RLConfig, train_rl
+    rd = Path(run_dir_)
+    train_budget = 0.65 * budget_s  # the rest: held-out evaluation before and after
+    base = dict(run=str(rd), source=str(rd / "sft"), out=str(rd / "rl"), task="world", steps=10_000,
+                prompts_per_step=4, group_size=8, max_new_tokens=80, lr=1e-4, eval_problems=eval_problems,
+                eval_k=eval_k, eval_every=0, budget_s=train_budget, device=device)
+    cfg = RLConfig(**{**base, **overrides})
+    path, m = train_rl(cfg)
+    fig = plot_rl(m["history"], m["evals"], rd / "report" / "rl_reward.png")
+    rows = [_acc_line("SFT (before)", m["before"]), _acc_line("GRPO (after)", m["after"])]
+    metrics = {"rl_steps": m["steps"], "rl_seconds": m["seconds"], "rl_gen_share": m["gen_share"],
+               "rl_before_acc": m["before"].get("greedy_acc"), "rl_after_acc": m["after"].get("greedy_acc"),
+               "rl_before_pass1": m["before"].get("pass@1"), "rl_after_pass1": m["after"].get("pass@1"),
+               "rl_final_kl": m["history"][-1].get("kl") if m["history"] else None,
+               "rl_checkpoint": str(path)}
+    md = [f"## RL (GRPO on word problems)", "",
+          f"{m['steps']} GRPO steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples in "
+          f"{m['seconds']:.0f}s ({100 * m['gen_share']:.0f}% of step time generating), reward = exact answer "
+          f"+ {cfg.format_weight} x format, KL coef {cfg.kl_coef}, {cfg.loss_norm} normalization. "
+          f"Held-out: {m['after'].get('n_problems', 0)} test problems, greedy accuracy with Wilson 95% interval, "
+          f"pass@1/pass@{cfg.eval_k} from {cfg.eval_k} samples at T={cfg.temperature}.", "",
+          md_table(["model", "greedy accuracy", "95% CI", "pass@1", f"pass@{cfg.eval_k}", "mean response tokens"], rows),
+          "", f"![GRPO reward]({fig.relative_to(rd).as_posix()})"]
+    if control:
+        ccfg = RLConfig(**{**asdict(cfg), "reward": "random", "seed": cfg.seed + 1})
+        _, cm = train_rl(ccfg, save=False)
+        metrics["control_after_acc"] = cm["after"].get("greedy_acc")
+        md += ["", f"Control (random 0/1 reward, same budget): greedy accuracy "
+                   f"{cm['before'].get('greedy_acc', 0):.3f} -> {cm['after'].get('greedy_acc', 0):.3f}."]
+    return "\n".join(md) + "\n", metrics
+
+
+def make_probe(tokenizer, problems: list[dict], score, n: int, max_new_tokens: int, device: str):
+    """A fixed held-out measurement for RLHF: n samples (same seeds every time) per problem ->
+    mean RM score, mean hidden true score, accuracy, and KL(policy || ref) per response (k1, nats)."""
+    import torch
+    from chatforge.rl import pack_sequences, prompt_tokens, response_text, sample_group, stop_ids, token_logprobs
+    stops = stop_ids(tokenizer)
+
+    def probe(engine, policy, ref) -> dict:
+        P, R, M, texts, probs = [], [], [], [], []
+        for i, p in enumerate(problems):
+            prompt = prompt_tokens(tokenizer, p["question"])
+            for r, m in sample_group(engine, prompt, n, max_new_tokens, 1.0, None, 500 + i, stops):
+                P.append(prompt), R.append(r), M.append(m), probs.append(p)
+                texts.append(response_text(tokenizer, r, stops))
+        ids, tgt = pack_sequences(P, R, M, tokenizer.bos_id)
+        ids, tgt = ids.to(device), tgt.to(device)
+        with torch.no_grad():
+            kl = float((token_logprobs(policy, ids, tgt) - token_logprobs(ref, ids, tgt)).sum(1).mean())
+        k = len(texts)
+        return {"rm_score": sum(score(texts, probs)) / k, "kl": kl,
+                "true_score": sum(true_score(t, p["answer"]) for t, p in zip(texts, probs)) / k,
+                "acc": sum(exact_reward(t, p["answer"]) for t, p in zip(texts, probs)) / k}
+    return probe
+
+
+def divergence_point(evals: list[dict]) -> dict:
+    """From the probe measurements: where the hidden true score peaks, and what the RM says then and at the end."""
+    i = max(range(len(evals)), key=lambda j: evals[j]["true_score"])
+    e0, ep, e1 = evals[0], evals[i], evals[-1]
+    return {"peak_step": ep["step"], "peak_kl": ep["kl"], "true_at_peak": ep["true_score"], "rm_at_peak": ep["rm_score"],
+            "true_final": e1["true_score"], "rm_final": e1["rm_score"], "kl_final": e1["kl"],
+            "true_start": e0["true_score"], "rm_start": e0["rm_score"], "acc_start": e0["acc"], "acc_final": e1["acc"]}
+
+
+def plot_overopt(history: list[dict], evals: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from chatforge.common import atomic_path
-    kl = [h.get("seq_kl", 0.0) for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].plot([h["step"] for h in history], [h["reward"] for h in history], ".-", label="reward model score")
-    ax[0].plot([h["step"] for h in history], [h["true_score"] for h in history], ".-", label="hidden true score")
-    ax[0].set_xlabel("RLHF step"), ax[0].set_title("RM score vs true score"), ax[0].legend(fontsize=7)
-    ax[1].scatter(kl, [h["reward"] for h in history], s=10, label="RM score")
-    ax[1].scatter(kl, [h["true_score"] for h in history], s=10, label="true score")
+    steps = [e["step"] for e in evals]
+    ax[0].plot(steps, [e["rm_score"] for e in evals], "o-", label="reward model score")
+    ax[0].plot(steps, [e["true_score"] for e in evals], "s-", label="hidden true score")
+    ax[0].plot([h["step"] for h in history], [h["reward"] for h in history], ".", alpha=0.3,
+               label="RM score, training batch")
+    ax[0].set_xlabel("RLHF step"), ax[0].set_title("held-out probe: RM vs true score"), ax[0].legend(fontsize=7)
+    kl = [e["kl"] for e in evals]
+    ax[1].plot(kl, [e["rm_score"] for e in evals], "o-", label="RM score")
+    ax[1].plot(kl, [e["true_score"] for e in evals], "s-", label="true score")
     ax[1].set_xlabel("KL(policy || SFT) per response (nats)"), ax[1].set_title("against KL"), ax[1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,9 +174,9 @@ def plot_overopt(history: list[dict], path: Path) -> Path:
 
 
 def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = "cpu", n_pairs: int = 1500,
-                   n_test: int = 24, ns: tuple[int, ...] = (1, 2, 4, 8), max_new_tokens: int = 48,
+                   n_test: int = 24, ns: tuple[int, ...] = (1, 2, 4, 8), max_new_tokens: int = 80,
                    rlhf_lr: float = 2e-4, kl_coef: float = 0.01, ei_problems: int = 48,
-                   ei_steps: int = 20) -> tuple[str, dict]:
+                   ei_steps: int = 20, probe_problems: int = 16, probe_every: int = 5) -> tuple[str, dict]:
     """RM + RLHF + over-optimization + DPO + search table; returns (markdown, metrics)."""
     from chatforge.dpo import DPOConfig, train_dpo
     from chatforge.report import md_table
@@ -94,7 +197,7 @@ def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = 
     # 1. reward model
     pairs, val = split_pairs(synthetic_preferences(train_p, n_pairs, rng), 0.15, rng)
     rm, rm_m, rm_path = train_rm(RMConfig(run=str(rd), out=str(rd / "rm"), epochs=2, lr=3e-4, device=device,
-                                          budget_s=0.2 * budget_s), model=fresh(), tokenizer=tok, pairs=pairs,
+                                          budget_s=0.25 * budget_s), model=fresh(), tokenizer=tok, pairs=pairs,
                                  val_pairs=val)
     score = rm_reward_fn(rm, tok, device)
     # 2. RLHF against the RM, watching the hidden rule
@@ -103,16 +206,17 @@ def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = 
                 "acc": sum(exact_reward(t, p["answer"]) for t, p in zip(texts, probs)) / len(texts)}
     rcfg = RLConfig(run=str(rd), source=str(rd / "sft"), out=str(rd / "rlhf"), algo="ppo", reward="rm", steps=10_000,
                     prompts_per_step=4, group_size=8, max_new_tokens=max_new_tokens, lr=rlhf_lr, kl_coef=kl_coef,
-                    eval_problems=0, eval_k=0, budget_s=0.35 * budget_s, device=device)
+                    eval_problems=0, eval_k=0, eval_every=probe_every, budget_s=0.4 * budget_s, device=device)
     policy = fresh()
-    rl_path, rl_m = train_rl(rcfg, policy=policy, tokenizer=tok, ref=fresh(),
-                             train_problems=styled(train_p, "tool"), eval_problems=[], rm_scorer=score, observe=observe)
-    hist = rl_m["history"]
-    div = divergence_point(hist) if hist else {}
-    fig = plot_overopt(hist, rd / "report" / "rlhf_overoptimization.png") if hist else None
+    probe = make_probe(tok, test_p[:probe_problems], score, 4, max_new_tokens, device)
+    rl_path, rl_m = train_rl(rcfg, policy=policy, tokenizer=tok, ref=fresh(), train_problems=styled(train_p, "tool"),
+                             eval_problems=[], rm_scorer=score, observe=observe, probe=probe)
+    hist, pevals = rl_m["history"], rl_m["probes"]
+    div = divergence_point(pevals) if pevals else {}
+    fig = plot_overopt(hist, pevals, rd / "report" / "rlhf_overoptimization.png") if pevals else None
     # 3. DPO on the same pairs
     dpo_policy, dpo_m, _ = train_dpo(DPOConfig(run=str(rd), out=str(rd / "dpo"), epochs=1, beta=0.1, lr=5e-5,
-                                               device=device, budget_s=0.12 * budget_s),
+                                               device=device, budget_s=0.08 * budget_s),
                                      policy=fresh(), tokenizer=tok, pairs=pairs, val_pairs=val)
     evals = {name: greedy_eval(m, tok, test_p, max_new_tokens, rm, device)
              for name, m in (("SFT", ck.model), ("RLHF (RM + KL)", policy), ("DPO", dpo_policy))}
@@ -142,10 +246,12 @@ def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = 
                    [[k, v["acc"], v["true_score"], v.get("rm_score", float("nan")), v["words"]] for k, v in evals.items()]),
           ""]
     if div:
-        md += [f"Over-optimization ({rl_m['steps']} RLHF steps, KL coef {kl_coef}): the hidden true score (moving "
-               f"average) peaks at step {div['peak_step']} (KL {div['peak_kl']:.2f} nats/response, true "
-               f"{div['true_at_peak']:.2f}, RM {div['rm_at_peak']:.2f}); at the end true {div['true_final']:.2f}, "
-               f"RM {div['rm_final']:.2f} (start: true {div['true_start']:.2f}, RM {div['rm_start']:.2f}).", "",
+        md += [f"Over-optimization ({rl_m['steps']} RLHF steps, lr {rlhf_lr}, KL coef {kl_coef}; probe = "
+               f"{min(probe_problems, len(test_p))} held-out problems x 4 samples every {probe_every} steps): the hidden "
+               f"true score peaks at step {div['peak_step']} (KL {div['peak_kl']:.2f} nats/response, true "
+               f"{div['true_at_peak']:.2f}, RM {div['rm_at_peak']:.2f}); at the end (KL {div['kl_final']:.2f}) true "
+               f"{div['true_final']:.2f}, RM {div['rm_final']:.2f}, accuracy {div['acc_start']:.2f} -> "
+               f"{div['acc_final']:.2f} (start: true {div['true_start']:.2f}, RM {div['rm_start']:.2f}).", "",
                f"![over-optimization]({fig.relative_to(rd).as_posix()})", ""]
     md += [f"DPO: held-out implicit-reward pair accuracy {dpo_m['val_acc']:.3f}.", "",
            f"Test-time search from the SFT model, {len(test_p)} held-out problems, same samples for every selector:", "",

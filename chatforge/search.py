@@ -23,7 +23,6 @@ It is the simplest RL: a policy gradient with reward 0/1 and no negative example
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from typing import Callable, Sequence
 
@@ -112,19 +111,31 @@ def search_table(samples: list[list[str]], problems: Sequence[dict], Ns: Sequenc
 def expert_iteration(policy, tokenizer, problems: Sequence[dict], n: int, max_new_tokens: int, sft_cfg,
                      rounds: int = 1, temperature: float = 1.0, seed: int = 0) -> dict:
     """Sample n per problem, keep the checker-accepted solutions (one per distinct text), SFT on them
-    (reusing chatforge.sft in-process), ``rounds`` times. Returns per-round counts."""
-    from chatforge.engine import Engine
+    (reusing chatforge.sft's training loop in-process), ``rounds`` times. Returns per-round counts.
+
+    A kept sample becomes a conversation by parsing its tokens back (tokenizer.parse_conversation),
+    so tool calls stay tool calls and injected tool outputs stay untrained, exactly as in SFT data.
+    """
+    from chatforge.rl import make_engine
     from chatforge.sft import train_sft
+    stops = stop_ids(tokenizer)
     log = []
     for r in range(rounds):
-        engine = Engine(policy, tokenizer)
-        samples = sample_answers(engine, tokenizer, problems, n, max_new_tokens, temperature, seed + 1000 * r)
+        engine = make_engine(policy, tokenizer)
         convs, solved = [], 0
-        for s, p in zip(samples, problems):
-            good = list(dict.fromkeys(t for t in s if exact_reward(t, p["answer"]) == 1.0))
-            solved += bool(good)
-            convs += [{"messages": [{"role": "user", "content": p["question"]},
-                                    {"role": "assistant", "content": t}]} for t in good]
+        for i, p in enumerate(problems):
+            prompt = prompt_tokens(tokenizer, p["question"])
+            seen: set[str] = set()
+            for resp, _ in sample_group(engine, prompt, n, max_new_tokens, temperature, None, seed + 1000 * r + i, stops):
+                text = response_text(tokenizer, resp, stops)
+                if text in seen or exact_reward(text, p["answer"]) != 1.0 or not resp or resp[-1] not in stops[:1]:
+                    continue  # wrong, duplicate, or cut short (no <|assistant_end|>)
+                try:
+                    convs.append(tokenizer.parse_conversation(prompt + resp))
+                    seen.add(text)
+                except CfError:
+                    continue  # malformed tool markup: not a demonstration worth copying
+            solved += bool(seen)
         log.append({"round": r, "kept": len(convs), "solved_frac": solved / max(1, len(problems))})
         print0(f"expert iteration round {r}: kept {len(convs)} solutions, {solved}/{len(problems)} problems solved")
         if not convs:

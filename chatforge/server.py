@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.arena import OUTCOMES, VoteStore, leaderboard
 from chatforge.batcher import Batcher, GenRequest
-from chatforge.common import CfError, add_config_args, config_from_args, make_parser, print0, print_config
+from chatforge.common import CfError, add_config_args, config_from_args, make_parser, print0, print_config, run_dir
 
 STATIC = Path(__file__).parent / "static"
 MAX_N = 8                 # choices per request
@@ -88,6 +88,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     e = errs[0]
     loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
+    if param is None:
+        return f"The request body must be a JSON object with the documented fields ({e.get('msg', 'invalid')}).", None
     if e.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request: expected a JSON object.", None
     if e.get("type") == "extra_forbidden":
@@ -573,7 +575,7 @@ def find_models(run: str | Path | None, specs: list[str]) -> dict[str, Path]:
     from chatforge.checkpoint import latest_checkpoint
     out: dict[str, Path] = {}
     if run:
-        rd = Path(run)
+        rd = run_dir(run)           # a bare name means runs/<name>
         if not rd.is_dir():
             raise CfError(f"--run {rd}: not a directory")
         for stage in STAGES:
@@ -621,8 +623,9 @@ def cli(argv: list[str]) -> None:
         ck = load_checkpoint(path, device=device)
         models[name] = (ck.model, ck.tokenizer)
         print0(f"serve: model '{name}' <- {ck.path} ({ck.model.num_params() / 1e6:.1f}M params)")
-    run_dir = Path(cfg.run) if cfg.run else default_run_dir(paths)
-    app = create_app(models, run_dir, key or None, max_batch=cfg.max_batch)
+    votes_dir = run_dir(cfg.run) if cfg.run else default_run_dir(paths)
+    print0(f"serve: arena votes -> {votes_dir / 'arena' / 'votes.json'}")
+    app = create_app(models, votes_dir, key or None, max_batch=cfg.max_batch)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print0(f"serve: WARNING: listening on {cfg.host} without an API key")
     print0(f"serve: http://{cfg.host}:{cfg.port}/  (API at /v1, spec at /openapi.json)")

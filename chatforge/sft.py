@@ -144,10 +144,9 @@ def _resolve(cfg: SFTConfig) -> tuple[Path, Path, Path, Path | None, Path]:
 
 def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
               val_convs: Sequence[dict] = (), optimizer_out: list | None = None) -> dict[str, Any]:
-    """The training loop (in place on ``model``): returns metrics incl. the per-step history."""
-    import torch
-    from chatforge.common import autocast_ctx
-    from chatforge.optim import build_optimizer, lr_at
+    """Fine-tune ``model`` in place on rendered conversations; returns metrics incl. the history."""
+    from chatforge.convo import small_model_threads
+    from chatforge.optim import build_optimizer
 
     if cfg.batch_size < 1 or (cfg.epochs <= 0 and cfg.max_steps <= 0):
         raise CfError("sft: batch_size must be >= 1 and epochs or max_steps positive")
@@ -168,11 +167,25 @@ def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
     if optimizer_out is not None:
         optimizer_out.append(opt)
     pad_id = tokenizer.bos_id
+    t0 = time.perf_counter()
+    with small_model_threads(model):
+        history, val_loss = _loop(cfg, model, opt, rows, val_rows, lengths, total, pad_id, device, t0)
+    model.eval()
+    return {"train_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "val_loss": val_loss,
+            "steps": len(history), "planned_steps": total, "conversations": len(rows), "trained_tokens": n_train_tok,
+            "seconds": time.perf_counter() - t0, "history": history}
+
+
+def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_id: int, device: str,
+          t0: float) -> tuple[list[dict[str, float]], float]:
+    """Steps over bucketed, shuffled batches until ``total`` steps or the time budget."""
+    import torch
+    from chatforge.common import autocast_ctx
+    from chatforge.optim import lr_at
     rng = random.Random(cfg.seed)
     batches: list[list[int]] = []
     history: list[dict[str, float]] = []
     val_loss = float("nan")
-    t0 = time.perf_counter()
     for step in range(total):
         if not batches:
             batches = batch_order(lengths, cfg.batch_size, rng)
@@ -198,10 +211,7 @@ def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
             print0(f"sft step {step:5d}/{total} loss {rec['loss']:.4f}{vl} ({time.perf_counter() - t0:.1f}s)")
         if last:
             break
-    model.eval()
-    return {"train_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "val_loss": val_loss,
-            "steps": len(history), "planned_steps": total, "conversations": len(rows), "trained_tokens": n_train_tok,
-            "seconds": time.perf_counter() - t0, "history": history}
+    return history, val_loss
 
 
 def sft(cfg: SFTConfig) -> Path:
@@ -262,13 +272,19 @@ def probe_base_model(model, tokenizer, items: list[dict], samples: int, max_new_
     """Sample ``samples`` completions of each item's cloze prompt; each cut at the first sentence end."""
     from chatforge.convo import sample_replies
     from chatforge.engine import Engine
+    from chatforge.convo import small_model_threads
     engine = Engine(model, tokenizer)
     out = []
-    for i, it in enumerate(items):
-        prompt = [tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
-        gens = sample_replies(engine, tokenizer, prompt, samples, max_new_tokens, temperature, seed + i,
-                              stop_at_end=False)
-        out.append([tokenizer.decode(g).split(".\n")[0].split("\n")[0] for g in gens])
+    with small_model_threads(model):
+        for i, it in enumerate(items):
+            prompt = [tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
+            gens = sample_replies(engine, tokenizer, prompt, samples, max_new_tokens, temperature, seed + i,
+                                  stop_at_end=False)
+            texts = []
+            for g in gens:  # a sample ends at the document boundary, its first line and sentence end
+                g = g[:g.index(tokenizer.bos_id)] if tokenizer.bos_id in g else g
+                texts.append(tokenizer.decode(g).split("\n")[0].split(". ")[0])
+            out.append(texts)
     return out
 
 
@@ -291,12 +307,12 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     target becomes a refusal (``convo.probe_decisions``). Unknown people always get refusals.
     """
     from chatforge import convo
-    from chatforge.world import _load_identity, load_world, qa_items
+    from chatforge.world import load_identity, load_world, qa_items
 
     mix = mix or SFTMix()
     rd = run_dir(run)
     world = load_world(rd)
-    ident = _load_identity(identity) if identity else world.identity
+    ident = load_identity(identity) if identity else world.identity
     rng = random.Random(seed)
     tools = make_toolbox(world)
 

@@ -3,9 +3,8 @@ import io
 
 import pytest
 
-from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
+from assistant_helpers import single_thread, tiny_model, tiny_tokenizer, tiny_world  # noqa: F401 (autouse fixture)
 from chatforge.chat import ChatSession, chat_loop
-from chatforge.convo import chat as mkchat
 from chatforge.engine import Engine
 
 
@@ -80,7 +79,7 @@ def test_tool_calls_are_shown_as_they_happen(tm):
     s2 = ChatSession(ScriptedEngine(model, toks[:cut]), tok, max_new_tokens=100)
     out2 = io.StringIO()
     chat_loop(s2, io.StringIO("again\n"), out2)
-    assert "[tool call, unfinished]" in out2.getvalue()
+    assert "[tool call, cut at the token budget]" in out2.getvalue()
 
 
 def test_too_long_message_is_an_error_line_not_a_crash(tm):

@@ -30,8 +30,9 @@ def test_make_crawl_is_deterministic_and_labelled(tmp_path):
 
 def test_page_has_boilerplate_and_content():
     import random
-    html = render_page("A title", "First paragraph here.\nSecond one.", "site", random.Random(0))
+    html = render_page("A title\nFirst paragraph here.\nSecond one.", "site", random.Random(0))
     assert "<nav>" in html and "<footer>" in html and "<p>Second one.</p>" in html
+    assert "<h1>A title</h1>" in html and "<p>A title</p>" not in html  # the title is not a duplicated line
 
 
 def test_bad_docs_raise(tmp_path):

@@ -123,6 +123,13 @@ def test_bad_input(tmp_path):
     assert "skip:bad JSON line" in skipped
     assert any("Café" in d.text for d in docs) and len(docs) > 5
     assert any(d.text == "A plain text document." and d.metadata["format"] == "text" for d in docs)
+    # everything filtered out (a French-only crawl) is a valid, empty result, not a crash
+    fr = tmp_path / "fr"
+    fr.mkdir()
+    (fr / "p.html").write_text("<html><body><p>Le petit village se trouve au bord de la rivière et les habitants "
+                               "aiment se promener le soir.</p></body></html>")
+    empty = run_pipeline(DataConfig(input=str(fr), out=str(tmp_path / "fr_out"), url_ut1=False))
+    assert empty["docs_out"] == 0 and (tmp_path / "fr_out" / "data_report.md").exists()
     with pytest.raises(CfError, match="not found"):
         run_pipeline(DataConfig(input=str(tmp_path / "missing"), out=str(tmp_path / "o")))
     (tmp_path / "afile").write_text("x")

@@ -197,3 +197,15 @@ def test_sample_cli(tmp_path, capsys):
          "--max-new-tokens", "6", "--seed", "3"])
     out = capsys.readouterr().out
     assert out.count("--- sample") == 2 and "cat -> mat\ndog ->" in out
+
+
+def test_continuing_a_cache_equals_fresh_generation():
+    from chatforge.gpt import KVCache
+    m = tiny("llama")
+    eng = Engine(m)
+    cache = KVCache.for_model(m, 1)
+    (a,), _ = eng.generate_batch(PROMPT, max_new_tokens=5, temperature=0.0, stop_tokens=[], kv_cache=cache)
+    turn2 = PROMPT + a + [9, 10, 11]
+    (b,), _ = eng.generate_batch(turn2, max_new_tokens=6, temperature=0.0, stop_tokens=[], kv_cache=cache)
+    (fresh,), _ = eng.generate_batch(turn2, max_new_tokens=6, temperature=0.0, stop_tokens=[])
+    assert b == fresh and cache.pos == len(turn2) + 5

@@ -78,7 +78,7 @@ def test_mc_loader_errors(tmp_path):
 
 import torch  # noqa: E402
 
-from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402
+from assistant_helpers import single_thread, tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
                  n_search=2, n_eval_known=4, n_eval_unknown=4)
     build_sft_data(rd, mix=mix, probe=False)
     sft(SFTConfig(run=str(rd), max_steps=2, batch_size=8, device="cpu"))
-    md, m = ev.run_experiments(rd, n_eval=2, device="cpu")
+    md, m = ev.run_experiments(rd, n_eval=2, device="cpu", max_new_tokens=6)
     assert (rd / "sft_ablation").is_dir() and (rd / "sft" / "experiments.json").exists()
     for key in ("known_acc_with", "known_acc_without", "hallucination_with", "hallucination_without",
                 "math_direct", "math_worked", "math_tool", "letters_direct", "letters_tool",

@@ -111,6 +111,25 @@ def test_gguf_gpt2_fuses_qkv(tok, tmp_path):
     assert tensors["blk.0.attn_norm.bias"].dtype == np.float32
 
 
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_gguf_loads_in_transformers_with_equal_logits(tok, tmp_path, flavour):
+    """An independent GGUF reader: transformers' GGUF loader (it un-permutes Q/K itself and builds a
+    tokenizer from tokenizer.ggml.*) gives our logits and our tokenization."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")    # transformers needs it to load GGUF files
+    from chatforge.export import write_gguf
+    # transformers maps gpt2's context_length to n_ctx, not n_positions: use GPT-2's 1024 positions
+    m = tiny_model(flavour, 2, seq_len=1024 if flavour == "gpt2" else 96)
+    write_gguf(m, tok, tmp_path / "m.gguf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    htok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    ids = [tok.bos_id] + tok.encode("The quick brown fox, 12*7=84!")
+    assert htok("The quick brown fox, 12*7=84!", add_special_tokens=False)["input_ids"] == ids[1:]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, m(x), atol=1e-4, rtol=1e-4)
+
+
 def test_gguf_rejects_architectures_llama_cpp_lacks(tok, tmp_path):
     from chatforge.common import CfError
     from chatforge.export import write_gguf

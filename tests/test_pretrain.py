@@ -177,26 +177,40 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_ranks_match_one_rank(run, tmp_path):
-    """2 gloo ranks x batch 1 == 1 rank x batch 1 x 2 accumulation steps (fp32, rel 1e-4)."""
-    one = fresh(run, tmp_path / "one")
-    h1 = history(pretrain(base_cfg(one, device_batch_size=1, total_batch_tokens=64, optimizer="muon")))
-    two = fresh(run, tmp_path / "two")
+@pytest.fixture(scope="module")
+def one_rank(run, tmp_path_factory):
+    rd = fresh(run, tmp_path_factory.mktemp("one"))
+    return history(pretrain(base_cfg(rd, device_batch_size=1, total_batch_tokens=64, optimizer="muon")))
+
+
+def launch_two_ranks(rd, *extra):
     port = _free_port()
     procs = []
     for r in range(2):
         env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "chatforge", "pretrain", "--run", str(two), "--depth", "1",
+            [sys.executable, "-m", "chatforge", "pretrain", "--run", str(rd), "--depth", "1",
              "--seq-len", "32", "--device-batch-size", "1", "--total-batch-tokens", "64", "--max-steps", "6",
              "--eval-every", "0", "--eval-tokens", "512", "--keep-last", "0", "--warmup", "2",
-             "--optimizer", "muon"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True))
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+             "--optimizer", "muon", "--save-every", "3", *extra], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    h2 = history(two / "base" / "step_000006")
-    assert [s for s, _ in h2] == [s for s, _ in h1]
-    for (_, a), (_, b) in zip(h1, h2):
+    return history(rd / "base" / "step_000006")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_cpu_ranks_match_one_rank(run, tmp_path, one_rank, mode):
+    """2 gloo ranks x batch 1 == 1 rank x batch 1 x 2 accumulation steps (fp32, rel 1e-4).
+    FSDP2 also resumes exactly (its checkpoint gathers sharded weights and optimizer state)."""
+    two = fresh(run, tmp_path / "two")
+    extra = ["--fsdp"] if mode == "fsdp" else []
+    h2 = launch_two_ranks(two, *extra)
+    assert [s for s, _ in h2] == [s for s, _ in one_rank]
+    for (_, a), (_, b) in zip(one_rank, h2):
         assert b == pytest.approx(a, rel=1e-4)
+    if mode == "fsdp":
+        shutil.rmtree(two / "base" / "step_000006")
+        assert launch_two_ranks(two, *extra, "--resume") == h2

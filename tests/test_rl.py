@@ -182,6 +182,13 @@ def test_policy_reference_mismatch_names_the_checkpoint(tmp_path):
     with pytest.raises(CfError, match=r"step_000001: model shape differs"):
         rl.train_rl(cfg, train_problems=[{"question": "q", "answer": "1"}], eval_problems=[])
     assert not (tmp_path / "out").exists()
+    from chatforge.tokenizer import train_tokenizer
+    other = train_tokenizer(["the answer is 42. " * 20], 300)
+    c = _save(tmp_path, tiny_gpt(vocab=300), tok, "c")
+    d = _save(tmp_path, tiny_gpt(vocab=300), other, "d")
+    with pytest.raises(CfError, match=r"d/step_000001: tokenizer differs"):
+        rl.train_rl(rl.RLConfig(source=str(c), ref=str(d), out=str(tmp_path / "out"), device="cpu"),
+                    train_problems=[{"question": "q", "answer": "1"}], eval_problems=[])
     with pytest.raises(CfError, match="checkpoint not found"):
         rl.train_rl(rl.RLConfig(source=str(tmp_path / "nope"), out=str(tmp_path / "out"), device="cpu"))
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world
+from assistant_helpers import single_thread, tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: F401 (autouse fixture)
 from chatforge import convo
 from chatforge.common import CfError
 from chatforge.tokenizer import load_conversations
@@ -73,10 +73,10 @@ def test_tiny_model_overfits_a_handful_of_conversations(tok):
              convo.chat("Who is Zed Quo?", "I don't know who Zed Quo is."), CONV,
              convo.chat("Spell cat.", "cat is spelled c-a-t.", system="You are Forge.")]
     model = tiny_model(tok)
-    cfg = SFTConfig(max_steps=60, batch_size=5, lr=3e-3, warmup=3, eval_every=0, device="cpu")
+    cfg = SFTConfig(max_steps=30, batch_size=5, lr=5e-3, warmup=3, eval_every=0, device="cpu")
     m = train_sft(cfg, model, tok, convs, val_convs=convs[:2])
     assert m["train_loss"] < 0.15 * m["first_loss"], (m["first_loss"], m["train_loss"])
-    assert m["val_loss"] < 0.5 and not model.training
+    assert m["val_loss"] < 0.3 * m["first_loss"] and not model.training
 
 
 def test_sft_stage_writes_checkpoint_in_pretraining_format(tmp_path):

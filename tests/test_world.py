@@ -100,6 +100,39 @@ def test_corpus_documents_shape(world):
     assert len({d["id"] for d in docs}) == len(docs)
     assert {d["source"] for d in docs} == {"bio", "filler", "math", "letters"}
     assert all(set(d) == {"id", "text", "source"} and d["text"] for d in docs)
+    assert all(len(d["text"].split()) >= 50 for d in docs)  # Gopher's minimum document length
+
+
+def test_bio_pages_mix_people_and_repeat_each_person(world):
+    """Each known person is on n_bios_per_person pages, each time with another paraphrase; pages
+    profile several people (a page repeating one person's bios is what Gopher's n-gram rules drop)."""
+    pages = [d["text"] for d in world.corpus_documents() if d["source"] == "bio"]
+    on_page = [{p.id for p in world.known if re.search(r"\b" + re.escape(p.name) + r"\b", t)} for t in pages]
+    for p in world.known:
+        mine = [t for t, ids in zip(pages, on_page) if p.id in ids]
+        assert len(mine) == world.config.n_bios_per_person, p.name
+        assert all(any(b in t for t in mine) for b in p.bios)  # every bio is on one of them
+    assert max(len(ids) for ids in on_page) >= 3
+    assert sum(len(ids) for ids in on_page) / len(pages) >= 2.5
+
+
+def test_corpus_survives_curation_filters(world):
+    """The corpus passes the FineWeb pipeline's quality filters at their standard thresholds."""
+    from datatrove.data import Document
+
+    from chatforge import filters as F
+    steps = [F.LanguageFilter(["en"], 0.65), F.GopherRepetition(), F.GopherQuality(min_doc_words=50),
+             F.C4Filter(min_num_sentences=5), F.FineWebFilter()]
+    docs = world.corpus_documents()
+    failed = []
+    for d in docs:
+        doc = Document(text=d["text"], id=d["id"])
+        for step in steps:
+            r = step.filter(doc)
+            if r is not True and not (isinstance(r, tuple) and r[0]):
+                failed.append((d["id"], r))
+                break
+    assert len(failed) <= 0.02 * len(docs), failed[:5]
 
 
 def test_qa_items(world):
@@ -116,7 +149,7 @@ def test_qa_items(world):
 def test_default_size_and_identity(tmp_path):
     w = build_world(WorldConfig())
     n = sum(len(d["text"].encode()) for d in w.corpus_documents())
-    assert 2e6 <= n <= 4e6, n
+    assert 3e6 <= n <= 5e6, n  # ~2x the bare facts: the prose that makes them pass the web filters
     assert w.identity["name"] == "Forge" and w.identity["maker"] == "the chatforge project"
     f = tmp_path / "id.json"
     f.write_text(json.dumps({"name": "Anvil"}))
