@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatforge.pretrain import PretrainConfig, pretrain   # noqa: E402
 from chatforge.shards import tokenize_corpus               # noqa: E402
-from chatforge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from chatforge.tokenizer import train_tokenizer            # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
 
@@ -76,7 +76,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", default="/tmp/chatforge_quality")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default; 1 on a loaded box)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if not DATA.exists():
         sys.exit(f"{DATA}: Gutenberg data not found")
     run = prepare(Path(args.work), args.vocab, args.tok_chars, args.data_chars)

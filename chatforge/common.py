@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import subprocess
@@ -254,6 +255,22 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
         if not self.quiet:
             print0(f"[time] {self.name}: {self.seconds:.1f}s")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval (Wilson 1927) for k successes out of n (n = 0 -> the uninformative (0, 1))."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson: need 0 <= k <= n, got k={k} n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
 
 
 # ----------------------------------------------------------------------------- devices and seeds

@@ -156,11 +156,6 @@ def decisions_to_conversations(decisions: Iterable[ProbeDecision]) -> list[Conve
 
 # ----------------------------------------------------------------------------- tool traces
 
-def calculator_trace(question: str, expr: str, result: str, lead: str = "Let me compute that. ") -> Conversation:
-    return chat(question, [text(lead), tool_call("calculator", expr), tool_output(result),
-                           text(f"The answer is {result}.")])
-
-
 def letter_count_python(word: str, letter: str) -> str:
     """The python program the assistant writes to count letters (run by tools.py's sandbox)."""
     return f"print({word!r}.count({letter!r}))"
@@ -518,29 +513,3 @@ def ask(engine, tokenizer, conv: Conversation, n: int = 1, max_new_tokens: int =
     prompt = tokenizer.render_for_completion(conv)
     return [parse_reply(tokenizer, ids)[0] for ids in
             sample_replies(engine, tokenizer, prompt, n, max_new_tokens, temperature, seed)]
-
-
-class small_model_threads:
-    """Context manager: one intra-op thread while running a *small* model on the CPU.
-
-    A decode step of a d2-d4 model is ~1 ms of work; splitting it over 2 threads costs more in
-    hand-offs than it saves, and on a busy machine far more (measured on the shared 2-core dev box
-    under load ~10: a decode step 84 ms vs 1.2 ms; a 10-token batch-3 sample 2.1 s vs 0.12 s; an SFT
-    step of a d2 model, 16 conversations, 0.6-2.0 s vs 0.12-0.14 s). Larger models keep the default.
-    """
-
-    def __init__(self, model, max_params: int = 50_000_000):
-        import torch
-        p = next(model.parameters())
-        self.active = p.device.type == "cpu" and sum(q.numel() for q in model.parameters()) < max_params
-        self.torch, self.saved = torch, None
-
-    def __enter__(self) -> "small_model_threads":
-        if self.active:
-            self.saved = self.torch.get_num_threads()
-            self.torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.saved is not None:
-            self.torch.set_num_threads(self.saved)

@@ -363,7 +363,6 @@ def iter_clean_docs(data_dir: str | os.PathLike):
                 yield json.loads(line)
 
 
-_iter_clean_docs = iter_clean_docs  # older name used by speedrun.py
 
 
 def _write_shards(cfg: DataConfig, out: Path) -> dict:
@@ -374,7 +373,7 @@ def _write_shards(cfg: DataConfig, out: Path) -> dict:
         print0(f"data: token shards skipped ({e})")
         return {"skipped": str(e)}
     shard_dir = out.parent / "shards"
-    return tokenize_corpus(Tokenizer.load(cfg.tokenizer), (d["text"] for d in _iter_clean_docs(out)), shard_dir)
+    return tokenize_corpus(Tokenizer.load(cfg.tokenizer), (d["text"] for d in iter_clean_docs(out)), shard_dir)
 
 
 # ----------------------------------------------------------------------------- stats and report
@@ -510,7 +509,7 @@ def evaluate_filters(run_dir_: str | os.PathLike, labels: str | os.PathLike | No
                 urls |= {json.loads(line)["url"] for line in f}
         removed[step_dir.name] = urls
     kept, anonymized = set(), set()
-    for d in _iter_clean_docs(data):
+    for d in iter_clean_docs(data):
         kept.add(d["url"])
         if d.get("pii_replaced"):
             anonymized.add(d["url"])

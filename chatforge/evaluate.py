@@ -25,30 +25,16 @@ HellaSwag multiple choice by comparing the mean log-likelihood of each option's 
 from __future__ import annotations
 
 import csv
-import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from chatforge.common import CfError
+from chatforge.common import CfError, wilson
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- statistics
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n (n = 0 -> the uninformative (0, 1))."""
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson: need 0 <= k <= n, got k={k} n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
 
 def proportion(k: int, n: int) -> dict[str, float | int]:
     lo, hi = wilson(k, n)
@@ -222,7 +208,7 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
     from chatforge.checkpoint import load_checkpoint
     from chatforge.common import atomic_write_json, get_device, print0, read_json
     from chatforge.common import run_dir as _run_dir
-    from chatforge.convo import (IDENTITY_QUESTIONS, LETTER_STYLES, MATH_STYLES, answer_matches, small_model_threads,
+    from chatforge.convo import (IDENTITY_QUESTIONS, LETTER_STYLES, MATH_STYLES, answer_matches,
                                  is_refusal, system_prompt_for)
     from chatforge.engine import Engine
     from chatforge.sft import SFTConfig, make_toolbox, sft
@@ -259,8 +245,7 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
     def cell(key: str, label: str, cond: str, engine, convs, judge, max_new, replies=None) -> list:
         max_new = min(max_new, max_new_tokens or max_new)
         if replies is None:
-            with small_model_threads(engine.model):
-                replies = _replies(engine, tok, convs, max_new)
+            replies = _replies(engine, tok, convs, max_new)
         ex: list = []
         m[key] = _judge(convs, replies, judge, ex)
         m["examples"][key] = ex

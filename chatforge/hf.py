@@ -22,7 +22,6 @@ Only safetensors are read (never pickles).
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path

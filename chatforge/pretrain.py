@@ -125,6 +125,13 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world_size > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 # ----------------------------------------------------------------------------- pieces
 
 def build_model_config(cfg: PretrainConfig, vocab_size: int):
@@ -393,6 +400,7 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
     t_start = time.perf_counter()
     dt_ema = None
     timed_steps = 0
+    step_cap = total_steps  # --max-steps / token budget still bound a time-budgeted run
     while step < total_steps:
         t0 = time.perf_counter()
         optimizer.set_lr(lr_at(step, total_steps, cfg))
@@ -427,9 +435,14 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
         if step > 1 or cfg.resume:  # the first step pays for allocation / compilation
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
             timed_steps += 1
-        if cfg.time_budget > 0 and timed_steps == 5:  # fit the schedule to the time left
+        # Fit the schedule to the time left: once after 5 timed steps, then every 10 steps while the
+        # lr is still at its peak (WSD's stable phase), since early step times are noisy. Ranks agree
+        # on the smallest estimate so that every rank runs the same number of steps.
+        refit = timed_steps == 5 or (timed_steps > 5 and step % 10 == 0 and lr_at(step, total_steps, cfg) >= 1.0)
+        if cfg.time_budget > 0 and refit:
             left = cfg.time_budget - (time.perf_counter() - t_start)
-            total_steps = min(total_steps, max(step + 1, step + int(left / dt_ema)))
+            fitted = min(step_cap, max(step + 1, step + int(left / dt_ema)))
+            total_steps = int(all_reduce_min(torch.tensor(float(fitted), device=device), d).item())
         tps = total_batch / dt
         if step % cfg.log_every == 0 or step == total_steps:
             mfu = f"{100 * flops_per_token * tps / (peak * d.world_size):.1f}%" if peak else "n/a"
@@ -443,7 +456,10 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
             else:
                 print0(line)
 
-        done = step >= total_steps or (cfg.time_budget > 0 and time.perf_counter() - t_start > cfg.time_budget)
+        over = cfg.time_budget > 0 and time.perf_counter() - t_start > cfg.time_budget
+        if d.world_size > 1 and cfg.time_budget > 0:  # one rank's clock must not stop it alone
+            over = all_reduce_sum(torch.tensor(float(over), device=device), d).item() > 0
+        done = step >= total_steps or over
         if done:
             total_steps = step
         if (cfg.eval_every and step % cfg.eval_every == 0) or done:

@@ -128,17 +128,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval for a proportion k/n (better than p +- 1.96 se at small n or p near 0/1)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
 # ============================================================================ tasks and rule rewards
 
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
@@ -351,6 +340,8 @@ class RLConfig:
     eval_k: int = field(default=4, metadata={"help": "k of pass@k (samples per held-out problem)"})
     train_problems: int = field(default=0, metadata={"help": "limit of training problems (0 = all)"})
     budget_s: float = field(default=0.0, metadata={"help": "stop after this many seconds (0 = off)"})
+    budget_covers_eval: bool = field(default=False, metadata={"help": "the budget also pays for the held-out "
+                                                                      "evaluations before and after (speedrun)"})
     seed: int = field(default=1337, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | mps | auto"})
 
@@ -510,8 +501,8 @@ def _resolve_paths(cfg: RLConfig) -> tuple[Path, Path, Path]:
 def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problems: list[dict] | None = None,
              eval_problems: list[dict] | None = None, rm_scorer: Callable | None = None,
              observe: Callable[[list[str], list[dict]], dict] | None = None,
-             probe: Callable[[object, object, object], dict] | None = None, save: bool = True
-             ) -> tuple[Path | None, dict]:
+             probe: Callable[[object, object, object], dict] | None = None, save: bool = True,
+             before: dict | None = None) -> tuple[Path | None, dict]:
     """Run GRPO (or RLHF with ``algo='ppo'``) and return (checkpoint path or None, metrics).
 
     Everything may be passed in-process (tests, speedrun); otherwise checkpoints are read from
@@ -586,12 +577,16 @@ def train_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problem
                    f"greedy {ev['greedy_acc']:.3f} ({te.seconds:.1f}s)")
 
     t_start = time.perf_counter()
-    run_eval(0)
+    if before is not None:  # the caller already measured this policy (e.g. the random-reward control)
+        evals.append({"step": 0, **before})
+    else:
+        run_eval(0)
     t0 = time.perf_counter()  # the budget covers training (and the evaluations during it), >= 1 step
+    budget = cfg.budget_s - (2 * (t0 - t_start) if cfg.budget_covers_eval else 0.0)  # final eval ~ first
     step = 0
     for step in range(1, cfg.steps + 1):
-        if cfg.budget_s and step > 1 and time.perf_counter() - t0 > cfg.budget_s:
-            print0(f"rl: time budget {cfg.budget_s:.0f}s reached after {step - 1} steps")
+        if cfg.budget_s and step > 1 and time.perf_counter() - t0 > budget:
+            print0(f"rl: time budget {budget:.0f}s reached after {step - 1} steps")
             step -= 1
             break
         batch = [train_problems[rng.randrange(len(train_problems))] for _ in range(cfg.prompts_per_step)]

@@ -7,8 +7,9 @@ compared with the truth:
 
 1. reward model on the pairs -> held-out pair accuracy (vs the noisy labels and vs the rule);
 2. RLHF (``rl.train_rl(algo="ppo")``: RM reward, KL-in-reward, group baseline) from the SFT model,
-   logging per step the RM score, the hidden true score and the KL to the SFT model; the plot of
-   both scores against KL shows where they part (Gao et al. 2022, "Scaling Laws for Reward Model
+   measuring every few steps, on a fixed probe of held-out prompts (same sampling seeds each time), the
+   RM score, the hidden true score and the KL to the SFT model; the plot of both scores against KL
+   shows where they part (Gao et al. 2022, "Scaling Laws for Reward Model
    Overoptimization");
 3. DPO on the same pairs from the same SFT model;
 4. test-time search on the held-out problems: majority vote / best-of-N (checker) / best-of-N (RM)
@@ -22,11 +23,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chatforge.common import print0
+from chatforge.common import print0, wilson
 from chatforge.reward import (RMConfig, rm_reward_fn, score_texts, split_pairs, synthetic_preferences, train_rm,
                               true_score)
 from chatforge.rl import (RLConfig, exact_reward, fitting, load_ckpt, make_engine, styled, train_rl,
-                          wilson_interval, world_problems)
+                          world_problems)
 
 
 def greedy_eval(policy, tokenizer, problems: list[dict], max_new_tokens: int, rm=None, device: str = "cpu") -> dict:
@@ -69,7 +70,7 @@ def plot_rl(history: list[dict], evals: list[dict], path: Path, title: str = "GR
 
 def _acc_line(name: str, ev: dict) -> list:
     k, n = ev.get("greedy_correct", 0), ev.get("n_problems", 0)
-    lo, hi = wilson_interval(k, n)
+    lo, hi = wilson(k, n)
     return [name, f"{k}/{n} = {k / max(1, n):.3f}", f"[{lo:.3f}, {hi:.3f}]", ev.get("pass@1", 0.0),
             max((v for key, v in ev.items() if key.startswith("pass@") and key != "pass@1"), default=0.0),
             ev.get("eval_len", 0.0)]
@@ -85,10 +86,9 @@ def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "c
     from chatforge.report import md_table
     from chatforge.rl import RLConfig, train_rl
     rd = Path(run_dir_)
-    train_budget = 0.65 * budget_s  # the rest: held-out evaluation before and after
     base = dict(run=str(rd), source=str(rd / "sft"), out=str(rd / "rl"), task="world", steps=10_000,
                 prompts_per_step=4, group_size=8, max_new_tokens=80, lr=1e-4, eval_problems=eval_problems,
-                eval_k=eval_k, eval_every=0, budget_s=train_budget, device=device)
+                eval_k=eval_k, eval_every=0, budget_s=budget_s, budget_covers_eval=True, device=device)
     cfg = RLConfig(**{**base, **overrides})
     path, m = train_rl(cfg)
     fig = plot_rl(m["history"], m["evals"], rd / "report" / "rl_reward.png")
@@ -98,7 +98,7 @@ def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "c
                "rl_before_pass1": m["before"].get("pass@1"), "rl_after_pass1": m["after"].get("pass@1"),
                "rl_final_kl": m["history"][-1].get("kl") if m["history"] else None,
                "rl_checkpoint": str(path)}
-    md = [f"## RL (GRPO on word problems)", "",
+    md = ["## RL (GRPO on word problems)", "",
           f"{m['steps']} GRPO steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples in "
           f"{m['seconds']:.0f}s ({100 * m['gen_share']:.0f}% of step time generating), reward = exact answer "
           f"+ {cfg.format_weight} x format, KL coef {cfg.kl_coef}, {cfg.loss_norm} normalization. "
@@ -106,9 +106,10 @@ def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "c
           f"pass@1/pass@{cfg.eval_k} from {cfg.eval_k} samples at T={cfg.temperature}.", "",
           md_table(["model", "greedy accuracy", "95% CI", "pass@1", f"pass@{cfg.eval_k}", "mean response tokens"], rows),
           "", f"![GRPO reward]({fig.relative_to(rd).as_posix()})"]
-    if control:
-        ccfg = RLConfig(**{**asdict(cfg), "reward": "random", "seed": cfg.seed + 1})
-        _, cm = train_rl(ccfg, save=False)
+    if control:  # same steps as the real run, random 0/1 rewards; starts from the same measured policy
+        ccfg = RLConfig(**{**asdict(cfg), "reward": "random", "seed": cfg.seed + 1, "steps": max(1, m["steps"]),
+                           "budget_s": 0.0})
+        _, cm = train_rl(ccfg, save=False, before=m["before"])
         metrics["control_after_acc"] = cm["after"].get("greedy_acc")
         md += ["", f"Control (random 0/1 reward, same budget): greedy accuracy "
                    f"{cm['before'].get('greedy_acc', 0):.3f} -> {cm['after'].get('greedy_acc', 0):.3f}."]

@@ -26,9 +26,8 @@ import math
 from collections import Counter
 from typing import Callable, Sequence
 
-from chatforge.common import CfError, print0
-from chatforge.rl import (exact_reward, extract_answer, normalize_number, prompt_tokens, response_text, sample_group, stop_ids,
-                          wilson_interval)
+from chatforge.common import CfError, print0, wilson
+from chatforge.rl import (exact_reward, extract_answer, normalize_number, prompt_tokens, response_text, sample_group, stop_ids)
 
 
 def majority_vote(answers: Sequence[str | None]) -> str | None:
@@ -102,7 +101,7 @@ def search_table(samples: list[list[str]], problems: Sequence[dict], Ns: Sequenc
             row["bon_rm"] = rm / n
             if true_score is not None:
                 row["bon_rm_true_score"] = rm_true / n
-        lo, hi = wilson_interval(int(round(vote)), n)
+        lo, hi = wilson(int(round(vote)), n)
         row["majority_ci"] = (lo, hi)
         rows.append(row)
     return rows

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, config_from_args, get_device,
+                              make_parser, print0, print_config, run_dir, seed_all, write_meta)
 from chatforge.convo import REAL_SOURCES
-from chatforge.common import (CfError, Timer, add_config_args, config_from_args, get_device, make_parser,
-                              print0, print_config, run_dir, seed_all, write_meta)
 
 
 @dataclass
@@ -145,7 +145,6 @@ def _resolve(cfg: SFTConfig) -> tuple[Path, Path, Path, Path | None, Path]:
 def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
               val_convs: Sequence[dict] = (), optimizer_out: list | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` in place on rendered conversations; returns metrics incl. the history."""
-    from chatforge.convo import small_model_threads
     from chatforge.optim import build_optimizer
 
     if cfg.batch_size < 1 or (cfg.epochs <= 0 and cfg.max_steps <= 0):
@@ -168,8 +167,7 @@ def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
         optimizer_out.append(opt)
     pad_id = tokenizer.bos_id
     t0 = time.perf_counter()
-    with small_model_threads(model):
-        history, val_loss = _loop(cfg, model, opt, rows, val_rows, lengths, total, pad_id, device, t0)
+    history, val_loss = _loop(cfg, model, opt, rows, val_rows, lengths, total, pad_id, device, t0)
     model.eval()
     return {"train_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "val_loss": val_loss,
             "steps": len(history), "planned_steps": total, "conversations": len(rows), "trained_tokens": n_train_tok,
@@ -251,6 +249,9 @@ class SFTMix:
     n_letters_per_style: int = 100  # letter counting x {spelled-out, python}; + spelling
     n_search: int = 60           # look a person up with the search tool
     real: dict = field(default_factory=dict)  # e.g. {"oasst": 100, "gsm8k": 200} (convo.REAL_SOURCES)
+    # Llama 3: known people the base gets mostly wrong also become refusals. False keeps the truth for
+    # every known person (refusals for unknown people only): better recall on a base that knows little.
+    refuse_known_wrong: bool = True
     val_fraction: float = 0.05
     # held-out evaluation items (never trained on)
     n_eval_known: int = 60
@@ -272,19 +273,17 @@ def probe_base_model(model, tokenizer, items: list[dict], samples: int, max_new_
     """Sample ``samples`` completions of each item's cloze prompt; each cut at the first sentence end."""
     from chatforge.convo import sample_replies
     from chatforge.engine import Engine
-    from chatforge.convo import small_model_threads
     engine = Engine(model, tokenizer)
     out = []
-    with small_model_threads(model):
-        for i, it in enumerate(items):
-            prompt = [tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
-            gens = sample_replies(engine, tokenizer, prompt, samples, max_new_tokens, temperature, seed + i,
-                                  stop_at_end=False)
-            texts = []
-            for g in gens:  # a sample ends at the document boundary, its first line and sentence end
-                g = g[:g.index(tokenizer.bos_id)] if tokenizer.bos_id in g else g
-                texts.append(tokenizer.decode(g).split("\n")[0].split(". ")[0])
-            out.append(texts)
+    for i, it in enumerate(items):
+        prompt = [tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
+        gens = sample_replies(engine, tokenizer, prompt, samples, max_new_tokens, temperature, seed + i,
+                              stop_at_end=False)
+        texts = []
+        for g in gens:  # a sample ends at the document boundary, its first line and sentence end
+            g = g[:g.index(tokenizer.bos_id)] if tokenizer.bos_id in g else g
+            texts.append(tokenizer.decode(g).split("\n")[0].split(". ")[0])
+        out.append(texts)
     return out
 
 
@@ -355,7 +354,8 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
                        "confidently_wrong": sum(d.confidently_wrong for d in decisions),
                        "examples": [{"q": d.item.question, "truth": d.item.truth, "samples": a, "target": d.target}
                                     for d, a in list(zip(decisions, answers))[:5]]}
-        known_full = convo.decisions_to_conversations(decisions)
+        known_full = (convo.decisions_to_conversations(decisions) if mix.refuse_known_wrong
+                      else [convo.chat(p.question, p.answer) for p in pitems])
     else:
         known_full = [convo.chat(p.question, p.answer) for p in pitems]
     known_truth = [convo.chat(p.question, p.answer) for p in pitems]
@@ -395,10 +395,9 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     ablation = [c for c in ablation if json.dumps(c, sort_keys=True) not in val_ids]
 
     out = rd / "sft_data"
-    from chatforge.convo import write_conversations
-    write_conversations(out / "train.jsonl", full)
-    write_conversations(out / "train_ablation.jsonl", ablation)
-    write_conversations(out / "val.jsonl", val)
+    convo.write_conversations(out / "train.jsonl", full)
+    convo.write_conversations(out / "train_ablation.jsonl", ablation)
+    convo.write_conversations(out / "val.jsonl", val)
     test_problems = [p for p in world.problems if p.get("split") == "test"]
     test_letters = [t for t in world.letters if t.get("split") == "test" and t["kind"] == "count_letter"]
     eval_items = {
@@ -406,7 +405,6 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
         "unknown": one_question_each(unknown_eval, len(unknown_eval)),
         "problems": test_problems, "letters": test_letters, "identity": ident,
     }
-    from chatforge.common import atomic_write_json
     atomic_write_json(out / "eval.json", eval_items)
     summary = {"train": len(full), "train_ablation": len(ablation), "val": len(val),
                "parts": {"known_qa": len(known_full), "idk_unknown": len(idk), "identity": len(identity_convs),

@@ -9,15 +9,14 @@ Presets size the run: ``tiny`` (tests, ~1-2 min), ``default`` (~10 min on 2 CPU 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from chatforge.common import (CfError, add_config_args, config_from_args, make_parser, print0,
-                              print_config, run_dir, write_meta)
+from chatforge.common import (CfError, add_config_args, config_from_args, get_device, make_parser, print0,
+                              print_config, read_json, run_dir, write_meta)
 from chatforge.report import Report, md_table
 
 
@@ -36,14 +35,14 @@ class SpeedrunConfig:
 # Everything a preset decides, in one table so the sizes are easy to read and change.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
-                 depth=2, seq_len=128, batch=8, pretrain_seconds=20, sft_seconds=15, rl_steps=2,
-                 rl_group=4, n_eval=20, extractor="resiliparse"),
+                 depth=2, seq_len=128, batch=8, pretrain_seconds=20, sft_seconds=15, rl_seconds=20,
+                 rl_group=4, n_eval=20, n_eval_rl=10, extractor="resiliparse"),
     "default": dict(n_people=400, n_bios=6, n_problems=3000, n_spelling=1500, n_filler=4, vocab_size=4096,
-                    depth=4, seq_len=256, batch=16, pretrain_seconds=300, sft_seconds=90, rl_steps=20,
-                    rl_group=8, n_eval=100, extractor="resiliparse"),
+                    depth=4, seq_len=256, batch=16, pretrain_seconds=300, sft_seconds=90, rl_seconds=75,
+                    rl_group=8, n_eval=100, n_eval_rl=40, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
-                 depth=6, seq_len=512, batch=16, pretrain_seconds=1800, sft_seconds=600, rl_steps=100,
-                 rl_group=16, n_eval=300, extractor="trafilatura"),
+                 depth=6, seq_len=512, batch=16, pretrain_seconds=1800, sft_seconds=600, rl_seconds=600,
+                 rl_group=16, n_eval=300, n_eval_rl=200, extractor="trafilatura"),
 }
 
 STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf"]
@@ -135,8 +134,8 @@ def stage_data(ctx: dict, report: Report) -> None:
 
 
 def _clean_texts(rd: Path):
-    from chatforge.curate import _iter_clean_docs  # TODO public name
-    return (d["text"] for d in _iter_clean_docs(rd / "data"))
+    from chatforge.curate import iter_clean_docs
+    return (d["text"] for d in iter_clean_docs(rd / "data"))
 
 
 def stage_tokenizer(ctx: dict, report: Report) -> None:
@@ -177,13 +176,13 @@ def stage_pretrain(ctx: dict, report: Report) -> None:
                         time_budget=p["pretrain_seconds"], max_steps=100_000, seed=cfg.seed, device=cfg.device,
                         eval_every=0, log_every=10)
     print_config(pc, "pretrain config")
-    base = pretrain(pc)
-    metrics = json.loads((Path(base) / "metrics.json").read_text()) if (Path(base) / "metrics.json").exists() else {}
+    pretrain(pc)
+    metrics = read_json(rd / "base" / "metrics.json", "pretrain metrics")["metrics"]
     ctx["pretrain_metrics"] = metrics
     rows = [[k, v] for k, v in metrics.items() if isinstance(v, (int, float, str))]
     report.add("pretrain", "\n".join([
-        f"## 6. Pretraining (d{p['depth']}, {p['pretrain_seconds']:.0f}s budget on {cfg.device})", "",
-        md_table(["metric", "value"], rows), "", "![loss curve](report/loss.png)"]))
+        f"## 6. Pretraining (d{p['depth']}, {p['pretrain_seconds']:.0f}s budget on {get_device(cfg.device)})", "",
+        md_table(["metric", "value"], rows), "", "![loss curve](report/pretrain_loss.png)"]))
 
 
 def stage_sample(ctx: dict, report: Report) -> None:
@@ -222,13 +221,14 @@ def stage_sft(ctx: dict, report: Report) -> None:
 def stage_rl(ctx: dict, report: Report) -> None:
     from chatforge.rl import run_rl_stage
     p = ctx["p"]
-    md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], group_size=p["rl_group"], n_eval=p["n_eval"])
+    md, metrics = run_rl_stage(ctx["rd"], budget_s=p["rl_seconds"], device=get_device(ctx["cfg"].device),
+                               eval_problems=p["n_eval_rl"], control=True, group_size=p["rl_group"])
     report.add("rl", md)
 
 
 def stage_rlhf(ctx: dict, report: Report) -> None:
     from chatforge.rl import run_rlhf_stage
-    md, metrics = run_rlhf_stage(ctx["rd"])
+    md, metrics = run_rlhf_stage(ctx["rd"], device=get_device(ctx["cfg"].device))
     report.add("rlhf", md)
 
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatforge.common import (CfError, add_config_args, atomic_write_json, atomic_write_text,
+from chatforge.common import (CfError, add_config_args, atomic_write_text,
                               config_from_args, make_parser, print0, print_config, read_json,
                               run_dir, write_meta)
 from chatforge.world_pages import (ATTRIBUTES, Fresh, bio, bio_groups, bio_page, cap, entity_page,

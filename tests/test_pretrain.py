@@ -25,6 +25,16 @@ from chatforge.gpt import GPT, config_from_depth  # noqa: E402
 from chatforge.pretrain import PretrainConfig, cli, evaluate_bpb, pretrain, token_bytes, Dist  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a loaded 2-core box OpenMP barriers make a
+    64x64 matmul ~100x slower with 2 threads than with 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 WORDS = "the cat dog sat on a mat and ran to her big small red house old tree by river".split()
 
 
@@ -151,7 +161,8 @@ for step in range(1, 100000):
 def test_sigkill_during_save_leaves_a_loadable_checkpoint(run, tmp_path):
     stage = tmp_path / "base"
     tok = tokmod.Tokenizer.load(run / "tokenizer")
-    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(stage), str(tok.n_vocab)], cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(stage), str(tok.n_vocab)], cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         deadline = time.time() + 60
         while len(list(stage.glob("step_*"))) < 2 and time.time() < deadline and proc.poll() is None:

@@ -2,8 +2,6 @@
 and bad input (raising rewards, policy/reference mismatch, no checkpoint overwritten)."""
 from __future__ import annotations
 
-import math
-import random
 from itertools import combinations
 from pathlib import Path
 
@@ -77,13 +75,6 @@ def test_pass_at_k_matches_combinatorics():
                 brute = sum(any(i < c for i in s) for s in total) / len(total)
                 assert rl.pass_at_k(n, c, k) == pytest.approx(brute)
     assert rl.pass_at_k(10, 3, 1) == pytest.approx(0.3)
-
-
-def test_wilson_interval():
-    lo, hi = rl.wilson_interval(5, 10)
-    assert lo < 0.5 < hi and 0.2 < lo and hi < 0.8
-    assert rl.wilson_interval(0, 20)[0] == 0.0 and rl.wilson_interval(0, 20)[1] > 0.0
-    assert rl.wilson_interval(20, 20)[1] == pytest.approx(1.0)
 
 
 def test_answer_extraction_and_rule_reward():

@@ -111,3 +111,31 @@ def test_sft_errors_name_file_and_line(tmp_path):
         sft(SFTConfig(run=str(rd), data=str(bad), max_steps=1, device="cpu"))
     with pytest.raises(CfError, match="not found"):
         sft(SFTConfig(run=str(rd), data=str(tmp_path / "none.jsonl"), device="cpu"))
+
+
+def test_build_sft_data_turns_wrong_probe_answers_into_refusals(tmp_path):
+    """With a stub probe (every other known person answered right), refusals appear exactly where the
+    'model' was wrong; refuse_known_wrong=False keeps the truth; the ablation has no refusals."""
+    rd, _, _, _ = tiny_run(tmp_path)
+    seen = []
+
+    def stub(items):
+        seen.extend(items)
+        return [[it["answer"]] * 3 if i % 2 == 0 else ["Nowhere", "Nowhere", it["answer"]]
+                for i, it in enumerate(items)]
+    mix = SFTMix(n_known_qa=10, n_idk=4, n_identity=2, n_persona=2, n_math_per_style=2, n_letters_per_style=2,
+                 n_search=2, n_eval_known=4, n_eval_unknown=4, val_fraction=0.01)
+    s = build_sft_data(rd, mix=mix, probe_fn=stub)
+    assert s["probe"]["kept_answer"] == 5 and s["probe"]["refused"] == 5 and s["probe"]["confidently_wrong"] == 5
+    train = load_conversations(rd / "sft_data" / "train.jsonl") + load_conversations(rd / "sft_data" / "val.jsonl")
+    by_q = {c["messages"][0]["content"]: convo.assistant_text(c) for c in train}
+    for i, it in enumerate(seen):
+        reply = by_q[it["question"]]
+        assert convo.is_refusal(reply) == (i % 2 == 1) and it["name"] in reply
+    ablation = load_conversations(rd / "sft_data" / "train_ablation.jsonl")
+    assert not any(convo.is_refusal(convo.assistant_text(c)) for c in ablation)
+    seen.clear()
+    build_sft_data(rd, mix=SFTMix(**{**mix.__dict__, "refuse_known_wrong": False}), probe_fn=stub)
+    train = load_conversations(rd / "sft_data" / "train.jsonl") + load_conversations(rd / "sft_data" / "val.jsonl")
+    by_q = {c["messages"][0]["content"]: convo.assistant_text(c) for c in train}
+    assert all(not convo.is_refusal(by_q[it["question"]]) for it in seen)
