@@ -111,7 +111,7 @@ def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "c
                            "budget_s": 0.0})
         _, cm = train_rl(ccfg, save=False, before=m["before"])
         metrics["control_after_acc"] = cm["after"].get("greedy_acc")
-        md += ["", f"Control (random 0/1 reward, same budget): greedy accuracy "
+        md += ["", f"Control (random 0/1 reward, same number of steps): greedy accuracy "
                    f"{cm['before'].get('greedy_acc', 0):.3f} -> {cm['after'].get('greedy_acc', 0):.3f}."]
     return "\n".join(md) + "\n", metrics
 

@@ -35,7 +35,7 @@ class SpeedrunConfig:
 # Everything a preset decides, in one table so the sizes are easy to read and change.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
-                 depth=2, seq_len=128, batch=8, pretrain_seconds=20, sft_seconds=15, rl_seconds=20,
+                 depth=2, seq_len=256, batch=8, pretrain_seconds=20, sft_seconds=15, rl_seconds=20,
                  rl_group=4, n_eval=20, n_eval_rl=10, extractor="resiliparse"),
     "default": dict(n_people=400, n_bios=6, n_problems=3000, n_spelling=1500, n_filler=4, vocab_size=4096,
                     depth=4, seq_len=256, batch=16, pretrain_seconds=300, sft_seconds=90, rl_seconds=75,
@@ -174,7 +174,7 @@ def stage_pretrain(ctx: dict, report: Report) -> None:
     rd, p, cfg = ctx["rd"], ctx["p"], ctx["cfg"]
     pc = PretrainConfig(run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
                         time_budget=p["pretrain_seconds"], max_steps=100_000, seed=cfg.seed, device=cfg.device,
-                        eval_every=0, log_every=10)
+                        eval_every=100, log_every=10)
     print_config(pc, "pretrain config")
     pretrain(pc)
     metrics = read_json(rd / "base" / "metrics.json", "pretrain metrics")["metrics"]
