@@ -30,7 +30,7 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 
 from chatforge.common import (CfError, Timer, add_config_args, atomic_path, atomic_write_json, atomic_write_text,
-                              config_from_args, make_parser, print0, print_config, read_json, run_dir, write_meta)
+                              config_from_args, make_parser, print0, print_config, read_json, run_dir, save_figure, write_meta)
 
 # funnel rows in FineWeb's order: (config switch, step name)
 STEP_ORDER = ["url_filter", "extract", "language", "gopher_repetition", "gopher_quality", "c4", "fineweb",
@@ -452,10 +452,7 @@ def _funnel_png(path: Path, stats: dict) -> None:
         ax.text(d, y, f" {d}", va="center", fontsize=8)
     ax.set_xlabel("documents remaining after step")
     ax.set_title("data funnel")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- eval against the synthetic crawl

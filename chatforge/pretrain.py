@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from chatforge.common import (CfError, add_config_args, atomic_path, autocast_ctx, banner,
+from chatforge.common import (CfError, add_config_args, autocast_ctx, banner,
                               config_from_args, get_device, is_interactive, make_parser, print0,
-                              print_config, run_dir, seed_all, write_meta)
+                              print_config, run_dir, save_figure, seed_all, write_meta)
 from chatforge.shards import TokenLoader, read_shards_json
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets, no sparsity), for MFU.
@@ -204,10 +204,7 @@ def plot_losses(history: list, val_history: list, path: Path) -> None:
     ax.set_title("pretraining")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def draw_samples(model: nn.Module, tokenizer: Any, max_new_tokens: int) -> list[str] | None:

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from chatforge.common import print0, wilson
+from chatforge.common import print0, save_figure, wilson
 from chatforge.reward import (RMConfig, rm_reward_fn, score_texts, split_pairs, synthetic_preferences, train_rm,
                               true_score)
 from chatforge.rl import (RLConfig, exact_reward, fitting, load_ckpt, make_engine, styled, train_rl,
@@ -59,13 +59,7 @@ def plot_rl(history: list[dict], evals: list[dict], path: Path, title: str = "GR
     ax[0].set_xlabel("step"), ax[0].set_title(f"{title}: reward"), ax[0].legend(fontsize=7)
     ax[1].plot(steps, [h["resp_len"] for h in history], "-", label="mean response tokens")
     ax[1].set_xlabel("step"), ax[1].set_title("response length"), ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from chatforge.common import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _acc_line(name: str, ev: dict) -> list:
@@ -154,7 +148,6 @@ def plot_overopt(history: list[dict], evals: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from chatforge.common import atomic_path
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [e["step"] for e in evals]
     ax[0].plot(steps, [e["rm_score"] for e in evals], "o-", label="reward model score")
@@ -166,12 +159,7 @@ def plot_overopt(history: list[dict], evals: list[dict], path: Path) -> Path:
     ax[1].plot(kl, [e["rm_score"] for e in evals], "o-", label="RM score")
     ax[1].plot(kl, [e["true_score"] for e in evals], "s-", label="true score")
     ax[1].set_xlabel("KL(policy || SFT) per response (nats)"), ax[1].set_title("against KL"), ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = "cpu", n_pairs: int = 1500,

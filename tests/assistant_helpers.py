@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from chatforge.gpt import GPT, GPTConfig
@@ -42,13 +41,3 @@ def tiny_run(tmp_path: Path, name: str = "run"):
     model = tiny_model(tok)
     save_checkpoint(rd / "base", 0, model, tok, {"note": "tiny test base"})
     return rd, world, tok, model
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run much faster on one intra-op thread, above all on a busy machine (2 threads
-    measured 15-50x slower for these shapes on the shared dev box); restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)

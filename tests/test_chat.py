@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from assistant_helpers import single_thread, tiny_model, tiny_tokenizer, tiny_world  # noqa: F401 (autouse fixture)
+from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world  # noqa: F401 (fixtures)
 from chatforge.chat import ChatSession, chat_loop
 from chatforge.engine import Engine
 

@@ -78,7 +78,7 @@ def test_mc_loader_errors(tmp_path):
 
 import torch  # noqa: E402
 
-from assistant_helpers import single_thread, tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
+from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

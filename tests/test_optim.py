@@ -8,16 +8,6 @@ from chatforge.common import CfError
 from chatforge.optim import Muon, build_optimizer, lr_at, newton_schulz, split_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core box OpenMP barriers make a
-    64x64 matmul ~100x slower with 2 threads than with 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_cosine_schedule_shape():
     cfg = SimpleNamespace(schedule="cosine", warmup=10, final_lr_frac=0.1)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]

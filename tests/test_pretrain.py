@@ -27,14 +27,6 @@ from chatforge.pretrain import PretrainConfig, cli, evaluate_bpb, pretrain, toke
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core box OpenMP barriers make a
-    64x64 matmul ~100x slower with 2 threads than with 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 WORDS = "the cat dog sat on a mat and ran to her big small red house old tree by river".split()
 
 

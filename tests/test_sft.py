@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from assistant_helpers import single_thread, tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: F401 (autouse fixture)
+from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: F401 (fixtures)
 from chatforge import convo
 from chatforge.common import CfError
 from chatforge.tokenizer import load_conversations
