@@ -31,7 +31,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -316,17 +316,24 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    async def stream_events(gen, make_chunk, final_chunks):
-        """SSE body: one chunk per event, then [DONE]; an error after the first byte is sent as an event."""
-        try:
-            async for ev in gen:
-                for c in make_chunk(ev):
-                    yield sse(c)
-            for c in final_chunks():
-                yield sse(c)
-        except ApiError as e:
-            yield sse(e.body())
-        yield "data: [DONE]\n\n"
+    def usage_of(prompt: list[int], n_out: list[int]) -> dict:
+        return {"prompt_tokens": len(prompt), "completion_tokens": sum(n_out),
+                "total_tokens": len(prompt) + sum(n_out)}
+
+    def event_stream(gen, make_chunk, head: dict, body: Any, usage: Callable[[], dict]) -> StreamingResponse:
+        """SSE body: the chunks of each event, the usage chunk if stream_options.include_usage asks for it,
+        then [DONE]; an error after the first byte is sent as an event."""
+        async def events():
+            try:
+                async for ev in gen:
+                    for c in make_chunk(ev):
+                        yield sse(c)
+                if body.stream_options and body.stream_options.include_usage:
+                    yield sse({**head, "choices": [], "usage": usage()})
+            except ApiError as e:
+                yield sse(e.body())
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     # ---------------------------------------------------------------- endpoints
     @app.get("/v1/models", responses=ERRORS)
@@ -382,10 +389,6 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
             finish[c], n_out[c] = reason, n
             return {"index": c, "text": "", "logprobs": None, "finish_reason": reason}
 
-        def usage() -> dict:
-            return {"prompt_tokens": len(prompt), "completion_tokens": sum(n_out),
-                    "total_tokens": len(prompt) + sum(n_out)}
-
         head = {"id": rid, "object": "text_completion", "created": created, "model": s.name}
         gen = run(s, req, request)
         if body.stream:
@@ -395,11 +398,7 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
                     return []
                 return [{**head, "choices": [ch]}]
 
-            def final():
-                if body.stream_options and body.stream_options.include_usage:
-                    return [{**head, "choices": [], "usage": usage()}]
-                return []
-            return StreamingResponse(stream_events(gen, chunk, final), media_type="text/event-stream")
+            return event_stream(gen, chunk, head, body, lambda: usage_of(prompt, n_out))
         async for ev in gen:
             on(ev)
         choices = []
@@ -411,7 +410,7 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
                       "text_offset": [x["text_offset"][0] for x in lps[c]],
                       "top_candidates": [x["top_candidates"][0] for x in lps[c]]}
             choices.append({"index": c, "text": texts[c], "logprobs": lp, "finish_reason": finish[c]})
-        return {**head, "choices": choices, "usage": usage()}
+        return {**head, "choices": choices, "usage": usage_of(prompt, n_out)}
 
     @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
@@ -447,10 +446,6 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": s.name,
                 "system_fingerprint": None}
 
-        def usage() -> dict:
-            return {"prompt_tokens": len(prompt), "completion_tokens": sum(n_out),
-                    "total_tokens": len(prompt) + sum(n_out)}
-
         gen = run(s, req, request)
         if body.stream:
             def chunk(ev):
@@ -471,11 +466,7 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
                     out.append({**head, "choices": [{"index": c, "delta": {}, "logprobs": None, "finish_reason": ev[2]}]})
                 return out
 
-            def final():
-                if body.stream_options and body.stream_options.include_usage:
-                    return [{**head, "choices": [], "usage": usage()}]
-                return []
-            return StreamingResponse(stream_events(gen, chunk, final), media_type="text/event-stream")
+            return event_stream(gen, chunk, head, body, lambda: usage_of(prompt, n_out))
         async for ev in gen:
             c = ev[1]
             if ev[0] == "token":
@@ -488,7 +479,7 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
                 "choices": [{"index": c, "message": {"role": "assistant", "content": texts[c]},
                              "logprobs": {"content": lps[c]} if body.logprobs else None,
                              "finish_reason": finish[c]} for c in range(body.n)],
-                "usage": usage()}
+                "usage": usage_of(prompt, n_out)}
 
     @app.post("/v1/tokenize", responses=ERRORS)
     async def tokenize(body: TokenizeRequest) -> dict:
