@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from chatforge.gpt import GPT, GPTConfig
@@ -29,6 +30,13 @@ def tiny_model(tok, seq_len: int = 256, seed: int = 0) -> GPT:
     m = GPT(cfg)
     m.init_weights()
     return m.eval()
+
+
+@pytest.fixture(scope="module")
+def tm():
+    """(tokenizer, untrained tiny model with a 128-token context), shared by a test module."""
+    tok = tiny_tokenizer(tiny_world())
+    return tok, tiny_model(tok, seq_len=128)
 
 
 def tiny_run(tmp_path: Path, name: str = "run"):

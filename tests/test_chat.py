@@ -3,15 +3,10 @@ import io
 
 import pytest
 
-from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world  # noqa: F401 (fixtures)
+from assistant_helpers import tm, tiny_model, tiny_tokenizer, tiny_world  # noqa: F401 (fixtures)
 from chatforge.chat import ChatSession, chat_loop
 from chatforge.engine import Engine
 
-
-@pytest.fixture(scope="module")
-def tm():
-    tok = tiny_tokenizer(tiny_world())
-    return tok, tiny_model(tok, seq_len=128)
 
 
 def test_scripted_chat_with_reset_and_cache_reuse(tm):

@@ -78,13 +78,8 @@ def test_mc_loader_errors(tmp_path):
 
 import torch  # noqa: E402
 
-from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
+from assistant_helpers import tm, tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
 
-
-@pytest.fixture(scope="module")
-def tm():
-    tok = tiny_tokenizer(tiny_world())
-    return tok, tiny_model(tok, seq_len=128)
 
 
 def test_option_logprobs_match_a_direct_computation(tm):
