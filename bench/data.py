@@ -1,6 +1,6 @@
 """Benchmark `chatforge data`: documents per CPU-second through the pipeline, and extraction F1.
 
-    .venv/bin/python bench/data.py [--docs 300] [--repeats 3]
+    .venv/bin/python bench/data.py [--docs 300] [--repeats 3] [--steps]
 
 Same WARC input (a synthetic crawl) for every contender, one task on one core, medians of
 --repeats runs, printed as ratios against datatrove's stock FineWeb steps measured in this run.
@@ -10,6 +10,9 @@ extractor (sandboxed subprocess, deduplicate=True, favour_precision=True) and PI
 our reader. Its Gopher/C4/FineWeb filters need NLTK punkt data, its URL filter tldextract's suffix
 list and its language filter a fasttext model: all downloads, so they are left out and the stock
 pipeline does strictly less work than ours (the ratio is conservative).
+
+--steps adds what each chatforge step costs per document (fast extractor): the pipeline with every
+optional step off ("skeleton": read, extract, count tokens, write), then with one step back on.
 """
 from __future__ import annotations
 
@@ -56,11 +59,30 @@ def timed(fn) -> float:
     return cpu() - t0
 
 
+OPTIONAL = ("url_filter", "language_filter", "gopher_repetition", "gopher_quality", "c4", "fineweb", "minhash_dedup", "pii")
+
+
+def step_costs(warc: Path, tmp: Path, repeats: int) -> dict[str, float]:
+    """CPU seconds of the skeleton pipeline (resiliparse, every optional step off), then the extra
+    seconds of each step switched on alone (minhash_dedup: exact + near dedup together)."""
+    off = {k: False for k in OPTIONAL} | {"exact_dedup": False}
+    runs = {"skeleton": off} | {k: off | {k: True} | ({"exact_dedup": True} if k == "minhash_dedup" else {})
+                                for k in OPTIONAL}
+    secs: dict[str, list[float]] = {}
+    for r in range(repeats):
+        for name, kw in runs.items():
+            cfg = DataConfig(input=str(warc), out=str(tmp / f"steps-{name}-{r}"), extractor="resiliparse", url_ut1=False, **kw)
+            secs.setdefault(name, []).append(timed(lambda: run_pipeline(cfg)))
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    return {k: (v if k == "skeleton" else v - med["skeleton"]) for k, v in med.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--f1-pages", type=int, default=60)
+    ap.add_argument("--steps", action="store_true", help="also measure each step's cost per document")
     a = ap.parse_args()
     from loguru import logger
     logger.remove()
@@ -76,11 +98,14 @@ def main() -> None:
                 out = Path(tmp) / f"{name}-{r}"
                 res[name].append(timed(lambda: run_pipeline(DataConfig(input=str(warc), out=str(out), extractor=ex,
                                                                        url_ut1=False))))
+        steps = step_costs(warc, Path(tmp), a.repeats) if a.steps else {}
     med = {k: statistics.median(v) for k, v in res.items()}
     print(f"input: {n_pages} pages, 1 task / 1 core, median of {a.repeats}; stock kept {kept[-1]} docs "
           "(extraction + PII only)")
     for k, v in med.items():
         print(f"  {k:<15} {n_pages / v:8.1f} docs/s/core   {med['stock'] / v:5.2f}x stock")
+    for k, v in steps.items():
+        print(f"  step {k:<18} {1000 * v / n_pages:6.3f} ms/doc" + ("" if k == "skeleton" else " over the skeleton"))
     if BENCH.exists():
         f1 = {ex: extraction_benchmark(BENCH, ex, a.f1_pages) for ex in ("trafilatura", "resiliparse")}
         for ex, d in f1.items():

@@ -4,7 +4,7 @@ The pipeline is three datatrove stages, each a list of PipelineSteps run by an e
 (LocalPipelineExecutor here; Ray or Slurm to scale out: same steps, same config):
 
     A  per input shard   read -> URL filter -> extract -> language -> Gopher rep. -> Gopher qual.
-                         -> C4 -> FineWeb -> (signatures) -> filtered/*.jsonl.gz
+                         -> C4 -> FineWeb -> (signatures) -> filtered/*.jsonl
     B  one task          exact + MinHash LSH clustering over all signatures -> dups.json
     C  per shard         drop duplicates -> PII -> token count -> docs/*.jsonl.gz (or parquet)
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from chatforge.common import (CfError, Timer, add_config_args, atomic_path, atomic_write_json, atomic_write_text,
+from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, atomic_write_text,
                               config_from_args, make_parser, print0, print_config, read_json, run_dir, save_figure, write_meta)
 
 # funnel rows in FineWeb's order: (config switch, step name)
@@ -57,9 +57,9 @@ class DataConfig:
     extractor: str = field(default="trafilatura", metadata={"help": "HTML extractor", "choices": ["trafilatura", "resiliparse"]})
     extract_timeout: float = field(default=2.0, metadata={"help": "seconds per page, 0 = none (FineWeb: 0.1; larger keeps output machine-independent)"})
     # language
-    language_filter: bool = field(default=True, metadata={"help": "py3langid language filter"})
+    language_filter: bool = field(default=True, metadata={"help": "fastText (lid.176) language filter"})
     languages: list = field(default_factory=lambda: ["en"], metadata={"help": "languages to keep"})
-    language_threshold: float = field(default=0.65, metadata={"help": "min normalized language probability"})
+    language_threshold: float = field(default=0.65, metadata={"help": "min language probability (FineWeb: 0.65)"})
     # quality
     gopher_repetition: bool = field(default=True, metadata={"help": "Gopher repetition filter"})
     gopher_quality: bool = field(default=True, metadata={"help": "Gopher quality filter"})
@@ -146,6 +146,7 @@ def build_stages(cfg: DataConfig, work: Path) -> tuple[list, list, list]:
 
     from chatforge import filters as F
     from chatforge.crawl import CrawlReader
+    from chatforge.dedup import Signatures
 
     src = Path(cfg.input).resolve()
     folder, glob = (str(src), None) if src.is_dir() else (str(src.parent), src.name)
@@ -181,13 +182,15 @@ def build_stages(cfg: DataConfig, work: Path) -> tuple[list, list, list]:
                                        cfg.fineweb_char_dup_ratio, cfg.fineweb_new_line_ratio,
                                        exclusion_writer=_removed_writer(work, "fineweb")))
     if cfg.exact_dedup or cfg.minhash_dedup:
-        a.append(F.Signatures(str(work / "sigs"), cfg.minhash_bands * cfg.minhash_rows, cfg.minhash_ngram))
-    a.append(JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl.gz", adapter=_intermediate_adapter))
+        a.append(Signatures(str(work / "sigs"), cfg.minhash_bands * cfg.minhash_rows, cfg.minhash_ngram))
+    # stage A -> C hand-over: plain JSONL (a temporary file: gzip -9 on it cost ~0.1 ms per document)
+    a.append(JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", adapter=_intermediate_adapter,
+                         compression=None))
 
     b = [DedupCluster(str(work / "sigs"), str(work / "dups.json"), cfg.minhash_bands, cfg.minhash_rows,
                       cfg.exact_dedup, cfg.minhash_dedup)] if (cfg.exact_dedup or cfg.minhash_dedup) else []
 
-    c: list = [JsonlReader(str(work / "filtered"), glob_pattern="*.jsonl.gz")]
+    c: list = [JsonlReader(str(work / "filtered"), glob_pattern="*.jsonl", compression=None)]
     a_or_c = c
     if cfg.exact_dedup:
         add("exact_dedup", F.DropIds(str(work / "dups.json"), "exact duplicate", _removed_writer(work, "exact_dedup")))
@@ -219,7 +222,7 @@ class DedupCluster(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         import numpy as np
 
-        from chatforge.filters import find_duplicates
+        from chatforge.dedup import find_duplicates
         ids: list[str] = []
         hashes, sigs = [], []
         for p in sorted(Path(self.sig_folder).glob("[0-9]*.npz")):
@@ -273,20 +276,18 @@ def _run_local(ex) -> None:
 
 def _ensure_filtered(work: Path) -> None:
     """Stage C's reader fails on an empty folder: when stage A kept nothing, give it one empty file."""
-    import gzip
     folder = work / "filtered"
-    if not any(folder.glob("*.jsonl.gz")):
+    if not any(folder.glob("*.jsonl")):
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "empty.jsonl.gz") as tmp:
-            with gzip.open(tmp, "wb"):
-                pass
+        atomic_write_text(folder / "empty.jsonl", "")
 
 
 def _reset_if_changed(work: Path, cfg: DataConfig) -> None:
     """Completed tasks are only reused for the same config and the same input files."""
     src = Path(cfg.input)
     files = sorted(src.rglob("*")) if src.is_dir() else [src]
-    key = json.dumps({"config": {k: v for k, v in vars(cfg).items() if k not in ("workers", "executor", "slurm_partition")},
+    key = json.dumps({"work_format": 2,  # bump when stage outputs change shape (2: plain filtered/*.jsonl)
+                      "config": {k: v for k, v in vars(cfg).items() if k not in ("workers", "executor", "slurm_partition")},
                       "inputs": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]},
                      sort_keys=True)
     stamp = work / "fingerprint.json"

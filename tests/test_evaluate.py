@@ -136,10 +136,11 @@ def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
     md, m = ev.run_experiments(rd, n_eval=2, device="cpu", max_new_tokens=6)
     assert (rd / "sft_ablation").is_dir() and (rd / "sft" / "experiments.json").exists()
     for key in ("known_acc_with", "known_acc_without", "hallucination_with", "hallucination_without",
-                "math_direct", "math_worked", "math_tool", "letters_direct", "letters_tool",
+                "chain_direct", "chain_worked", "chain_tool", "math_direct", "math_worked", "math_tool",
+                "letters_direct", "letters_tool",
                 "identity_with", "identity_without", "identity_sysprompt"):
         assert m[key]["n"] == 2 and 0 <= m[key]["lo"] <= m[key]["hi"] <= 1, key
-    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 14
+    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 17
 
 
 def test_eval_cli_errors(tmp_path):
