@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -309,6 +310,7 @@ def get_device(name: str = "auto") -> str:
     return "cpu"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """True when the CPU multiplies bf16 natively (Intel AMX or AVX512-BF16, read from /proc/cpuinfo).
 

@@ -12,8 +12,8 @@ a zero-width interval at p = 0 or 1, which matters for the small n a CPU speedru
 Experiments (``run_experiments``), all on held-out world items:
 1. accuracy on known-people questions (people whose facts were in pretraining but not in SFT);
 2. hallucination rate (informative wrong answers) on unknown people, SFT without vs with the
-   "I don't know" data (the second model is an ablation SFT trained here on the same mixture minus
-   the refusals and the identity conversations);
+   "I don't know" data (the second model is an ablation SFT trained here on the people part of the
+   mixture -- known-people Q&A with the truth, personas, search -- without refusals or identity data);
 3. arithmetic: answer-first vs worked solution vs calculator tool (one model, the style is asked for
    in the prompt, as the SFT data teaches), on small-number 3-step chains and on 2-3 digit problems;
 4. letter counting with vs without the python interpreter;
@@ -303,8 +303,9 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
     md = ["## Assistant experiments", "",
           f"Greedy replies of `{main.path.relative_to(rd) if main.path.is_relative_to(rd) else main.path}` on held-out "
           f"items (never trained on); each cell gives the rate, its 95% Wilson interval and the number of "
-          f"questions. \"without\" is an ablation SFT on the same mixture minus the \"I don't know\" refusals "
-          f"(knowledge probing) and the identity conversations.", "",
+          f"questions. \"without\" is an ablation SFT on the people part of the mixture (known-people Q&A with "
+          f"the truth, personas, search) without the \"I don't know\" refusals (knowledge probing) or the identity "
+          f"conversations; the math and letter cells use the main model.", "",
           "| experiment | condition | result [95% CI] (n) |", "|---|---|---|"]
     md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     md += ["", f"Experiments took {m['seconds']:.1f}s (ablation SFT {abl_seconds:.1f}s)."]

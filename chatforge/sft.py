@@ -298,8 +298,8 @@ def make_toolbox(world=None):
 def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = True, mix: SFTMix | None = None,
                    real_data_dir: str | Path | None = None, device: str = "auto", seed: int = 0,
                    probe_fn: Callable[[list[dict]], list[list[str]]] | None = None) -> dict[str, Any]:
-    """Write ``<run>/sft_data/``: train.jsonl (the full mixture), train_ablation.jsonl (no refusals, no
-    identity data: the "before" model of the experiments), val.jsonl, eval.json (held-out items) and
+    """Write ``<run>/sft_data/``: train.jsonl (the full mixture), train_ablation.jsonl (the people part
+    of the mixture without refusals or identity data: the "before" model of the experiments), val.jsonl, eval.json (held-out items) and
     data.json (counts, probe statistics, provenance). Returns data.json's content.
 
     Knowledge probing samples the base model (``<run>/base``) on cloze prompts for the known people
@@ -385,9 +385,11 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     search = [convo.search_conversation(it, bios[it["name"]], tools) for it in sq]
     real = convo.load_real_mix(real_data_dir, mix.real) if mix.real else []
 
-    common = persona + math + letters + search + real
-    full = known_full + idk + identity_convs + common
-    ablation = known_truth + common
+    full = known_full + idk + identity_convs + persona + math + letters + search + real
+    # The "before" model only answers the people and identity cells, so it is trained on the people
+    # part of the mixture (truth for every known person, personas, search), not the math/letter
+    # traces: the same conversations minus refusals and identity data, at a fifth of the SFT cost.
+    ablation = known_truth + persona + search + real
     rng.shuffle(full)
     rng.shuffle(ablation)
     n_val = max(1, round(mix.val_fraction * len(full)))

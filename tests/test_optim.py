@@ -27,11 +27,12 @@ def test_wsd_schedule_shape():
         lr_at(0, 10, SimpleNamespace(schedule="nope"))
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 0.05)])  # bf16: 8-bit mantissa
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96), (48, 48)])
-def test_newton_schulz_is_nearly_orthogonal(shape):
+def test_newton_schulz_is_nearly_orthogonal(shape, dtype, tol):
     g = torch.Generator().manual_seed(0)
     G = torch.randn(shape, generator=g) @ torch.diag(torch.logspace(-1, 0, shape[1]))  # condition ~10+
-    X = newton_schulz(G)
+    X = newton_schulz(G, dtype=dtype)
     s = torch.linalg.svdvals(X)
     # the quintic's fixed band after 5 steps is about [0.7, 1.2]; the smallest singular values of an
     # ill-conditioned input converge slowest, so allow a little more below
@@ -39,7 +40,7 @@ def test_newton_schulz_is_nearly_orthogonal(shape):
     # same singular vectors as G's SVD: U^T X V is diagonal, with positive entries in the band
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
     M = U.T @ X @ Vh.T
-    assert (M - torch.diag(M.diagonal())).abs().max() < 1e-3
+    assert (M - torch.diag(M.diagonal())).abs().max() < tol
     assert M.diagonal().min() > 0.5
 
 
