@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -284,6 +285,12 @@ def run_experiments(run_dir: str | Path, n_eval: int = 40, device: str = "auto",
         cell(f"letters_{style}", "letter counting: accuracy", "python interpreter" if style == "tool" else
              "no interpreter (spelled out)", engines["with"], convs,
              lambda i, r: numbers_equal(last_number(r), str(letters[i]["answer"])), 64)
+    # the no-model baseline: always give the most common count of the training tasks (counts are small,
+    # so a model that cannot read the word still scores well above 0)
+    counts = Counter(t["answer"] for t in world.letters if t["kind"] == "count_letter" and t.get("split") == "train")
+    guess = counts.most_common(1)[0][0] if counts else 0
+    m["letters_prior"] = proportion(sum(t["answer"] == guess for t in letters), len(letters))
+    rows.append(["letter counting: accuracy", f"baseline: always {guess} (no model)", fmt_prop(m["letters_prior"])])
 
     ident = ev["identity"]
     qs = {kind: sum(IDENTITY_QUESTIONS[kind], []) for kind in ("name", "maker")}  # train + held-out wordings

@@ -456,7 +456,7 @@ def _chain_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str,
     fact the corpus repeats, but answering at once needs all three in one forward pass: the "models
     need tokens to think" experiment compares exactly that (answer-first vs worked vs calculator)."""
     total = rng.randint(1, 9)
-    expr, shown, steps = str(total), str(total), []
+    expr, steps = str(total), []
     for _ in range(3):
         b = rng.randint(1, 6)
         op = rng.choice("+-")
@@ -464,9 +464,11 @@ def _chain_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str,
             op = "-" if op == "+" else "+"
         v = total + b if op == "+" else total - b
         steps.append((f"{total}{op}{b}", v))
-        expr, shown, total = expr + f"{op}{b}", shown + f" {op} {b}", v
+        expr, total = expr + f"{op}{b}", v
     t = rng.randrange(len(_CHAIN_QUESTIONS))
-    return _CHAIN_QUESTIONS[t].format(e=shown), steps, expr, t
+    # written without spaces: one non-alphabetic "word" per question, so worksheet pages keep Gopher's
+    # >= 80% alphabetic words (spaced out, 7 symbols per question dropped whole pages)
+    return _CHAIN_QUESTIONS[t].format(e=expr), steps, expr, t
 
 
 def _split(items: list[dict], test_fraction: float, rng: random.Random) -> list[dict]:

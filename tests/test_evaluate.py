@@ -140,7 +140,7 @@ def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
                 "letters_direct", "letters_tool",
                 "identity_with", "identity_without", "identity_sysprompt"):
         assert m[key]["n"] == 2 and 0 <= m[key]["lo"] <= m[key]["hi"] <= 1, key
-    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 17
+    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 18
 
 
 def test_eval_cli_errors(tmp_path):
