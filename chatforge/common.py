@@ -1,4 +1,4 @@
-"""Shared plumbing: errors, atomic files, run directories, typed configs, logging, devices.
+"""Shared plumbing: errors, atomic files, JSON/JSONL readers, run directories, typed configs, logging, devices.
 
 Everything else in chatforge imports from here; this module imports nothing of chatforge.
 
@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import gzip
 import json
 import math
 import os
@@ -122,6 +123,45 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CfError(f"{path}: corrupt {what}, expected JSON ({e})") from None
+
+
+def _open_maybe_gz(path: Path) -> typing.BinaryIO:
+    """A binary handle on ``path``; ``*.gz`` is decompressed on the fly."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_jsonl(path: str | os.PathLike, limit: int | None = None,
+               what: str = "file") -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) from a ``.jsonl`` or ``.jsonl.gz`` file, at most ``limit`` objects.
+
+    The one JSONL reader of chatforge. Blank lines are skipped; invalid UTF-8, invalid JSON and
+    lines that are not JSON objects raise a one-line CfError naming ``file:line``. Lines are decoded
+    one at a time (not through a text wrapper) so a bad byte is blamed on its own line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CfError(f"{path}: {what} not found")
+    n = 0
+    if limit is not None and limit <= 0:
+        return
+    with _open_maybe_gz(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CfError(f"{path}:{lineno}: not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CfError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise CfError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+            n += 1
+            if limit is not None and n >= limit:  # stop without reading (or blaming) the next line
+                return
 
 
 # ----------------------------------------------------------------------------- provenance

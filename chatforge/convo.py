@@ -22,7 +22,6 @@ files described in shared/data/SOURCES.md; malformed lines raise ``CfError("file
 """
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from chatforge.common import CfError
+from chatforge.common import CfError, read_jsonl
 
 Conversation = dict[str, Any]
 
@@ -185,32 +184,6 @@ def gsm8k_solution_parts(solution: str, use_tool: bool = True) -> list[dict[str,
 
 
 # ----------------------------------------------------------------------------- real data loaders
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def read_jsonl(path: str | Path, limit: int | None = None) -> Iterable[tuple[int, dict]]:
-    """Yield (line number, object) from a .jsonl or .jsonl.gz file; bad JSON names file:line."""
-    path = Path(path)
-    if not path.exists():
-        raise CfError(f"{path}: file not found")
-    n = 0
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CfError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise CfError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-            n += 1
-            if limit is not None and n >= limit:
-                return
-
 
 def load_oasst(path: str | Path, limit: int | None = None) -> list[Conversation]:
     """OpenAssistant trees (en_100_tree.jsonl): one conversation per tree, following the best-ranked

@@ -188,6 +188,8 @@ class CrawlReader(BaseDiskReader):
                 continue
             try:
                 d = json.loads(line)
+                if not isinstance(d, dict):  # e.g. a bare list: a bad record, skipped and counted
+                    raise ValueError
                 html = d.get("html")
                 text = html if isinstance(html, str) else d.get("text")
                 if not isinstance(text, str):

@@ -30,7 +30,8 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 
 from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, atomic_write_text,
-                              config_from_args, make_parser, print0, print_config, read_json, run_dir, save_figure, write_meta)
+                              config_from_args, make_parser, print0, print_config, read_json, read_jsonl, run_dir,
+                              save_figure, write_meta)
 
 # funnel rows in FineWeb's order: (config switch, step name)
 STEP_ORDER = ["url_filter", "extract", "language", "gopher_repetition", "gopher_quality", "c4", "fineweb",
@@ -356,12 +357,9 @@ def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
 
 def iter_clean_docs(data_dir: str | os.PathLike):
     """Yield the curated documents ({"id", "url", ..., "text"}) of a data folder, in shard order."""
-    import gzip
     out = Path(data_dir)
     for p in sorted((out / "docs").glob("*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
+        yield from (d for _, d in read_jsonl(p))
 
 
 
@@ -483,7 +481,6 @@ def evaluate_filters(run_dir_: str | os.PathLike, labels: str | os.PathLike | No
     recall = removed by the filter and labelled its target / labelled its target. For PII,
     "removed" means "anonymized". Also reports how many clean pages survived.
     """
-    import gzip
     data = _data_dir(run_dir_)
     meta = read_json(data / "data.json", "data.json")
     if labels is None:
@@ -493,19 +490,13 @@ def evaluate_filters(run_dir_: str | os.PathLike, labels: str | os.PathLike | No
     if not labels.exists():
         raise CfError(f"{labels}: labels file not found (made by `chatforge data make-crawl`)")
     truth = {}
-    for i, line in enumerate(labels.read_text().splitlines()):
-        try:
-            d = json.loads(line)
-            truth[d["url"]] = d["label"]
-        except (ValueError, KeyError):
-            raise CfError(f"{labels}:{i + 1}: expected JSON with url and label") from None
+    for n, d in read_jsonl(labels):
+        if "url" not in d or "label" not in d:
+            raise CfError(f"{labels}:{n}: expected JSON with url and label")
+        truth[d["url"]] = d["label"]
     removed: dict[str, set[str]] = {}
     for step_dir in sorted((data / "removed").glob("*")):
-        urls = set()
-        for p in step_dir.glob("*.jsonl.gz"):
-            with gzip.open(p, "rt") as f:
-                urls |= {json.loads(line)["url"] for line in f}
-        removed[step_dir.name] = urls
+        removed[step_dir.name] = {d["url"] for p in step_dir.glob("*.jsonl.gz") for _, d in read_jsonl(p)}
     kept, anonymized = set(), set()
     for d in iter_clean_docs(data):
         kept.add(d["url"])
@@ -549,18 +540,11 @@ def format_eval(res: dict) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def _load_docs(path: str) -> list[dict]:
-    p = Path(path)
-    if not p.exists():
-        raise CfError(f"{path}: documents file not found")
     docs = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                d = json.loads(line)
-                assert isinstance(d.get("text"), str)
-            except (ValueError, AssertionError, AttributeError):
-                raise CfError(f"{path}:{i + 1}: expected JSON {{\"id\", \"text\"}}") from None
-            docs.append(d)
+    for n, d in read_jsonl(path, what="documents file"):
+        if not isinstance(d.get("text"), str):
+            raise CfError(f"{path}:{n}: expected JSON {{\"id\", \"text\"}}")
+        docs.append(d)
     return docs
 
 

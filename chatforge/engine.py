@@ -17,7 +17,6 @@ Finished samples yield token -1 with mask 0 until the batch ends (generate_batch
 """
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from chatforge.common import CfError, autocast_ctx, get_device
+from chatforge.common import CfError, autocast_ctx, get_device, read_jsonl
 from chatforge.gpt import GPT, KVCache
 
 
@@ -240,23 +239,17 @@ def few_shot_prefix(path: str | Path) -> str:
     """In-context examples as text. ``*.jsonl``: one {"input": ..., "output": ...} per line, rendered
     "input -> output" one per line; any other file is used verbatim (a newline is added if missing)."""
     path = Path(path)
+    if path.suffix == ".jsonl":
+        lines = []
+        for n, ex in read_jsonl(path, what="few-shot file"):
+            if not isinstance(ex.get("input"), str) or not isinstance(ex.get("output"), str):
+                raise CfError(f'{path}:{n}: expected {{"input": str, "output": str}}')
+            lines.append(f"{ex['input']} -> {ex['output']}\n")
+        return "".join(lines)
     if not path.exists():
         raise CfError(f"{path}: few-shot file not found")
     text = path.read_text(encoding="utf-8")
-    if path.suffix != ".jsonl":
-        return text if text.endswith("\n") or not text else text + "\n"
-    lines = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CfError(f"{path}:{n}: expected a JSON object ({e.msg})") from None
-        if not isinstance(ex, dict) or not isinstance(ex.get("input"), str) or not isinstance(ex.get("output"), str):
-            raise CfError(f'{path}:{n}: expected {{"input": str, "output": str}}')
-        lines.append(f"{ex['input']} -> {ex['output']}\n")
-    return "".join(lines)
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def cli(argv: list[str]) -> None:

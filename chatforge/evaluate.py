@@ -77,7 +77,7 @@ def numbers_equal(a: str | None, b: str) -> bool:
 
 def load_mc_set(name: str, data_dir: Path = DATA_DIR, limit: int | None = None) -> list[dict[str, Any]]:
     """Multiple-choice items {context, options, gold} for arc_easy | arc_challenge | mmlu | hellaswag."""
-    from chatforge.convo import read_jsonl
+    from chatforge.common import read_jsonl
     items: list[dict[str, Any]] = []
     if name in ("arc_easy", "arc_challenge"):
         p = data_dir / "arc" / f"{name}.jsonl"

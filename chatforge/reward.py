@@ -86,7 +86,7 @@ def validate_pair(rec: dict, where: str) -> PrefPair:
 
 def load_preferences(path: str | Path, limit: int | None = None) -> list[PrefPair]:
     """Our JSONL preference format (strict: every record must be valid)."""
-    from chatforge.convo import read_jsonl
+    from chatforge.common import read_jsonl
     return [validate_pair(rec, f"{path}:{ln}") for ln, rec in read_jsonl(path, limit)]
 
 
@@ -96,7 +96,8 @@ def load_hh_rlhf_pairs(path: str | Path, limit: int | None = None, strict: bool 
     Irregular records (identical texts, different prefixes, non-alternating turns) raise with
     ``strict``, else are skipped and counted.
     """
-    from chatforge.convo import parse_hh_dialogue, read_jsonl
+    from chatforge.common import read_jsonl
+    from chatforge.convo import parse_hh_dialogue
     out, skipped = [], 0
     for ln, rec in read_jsonl(path):
         where = f"{path}:{ln}"

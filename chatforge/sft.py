@@ -63,7 +63,8 @@ class SFTConfig:
     val_max: int = field(default=200, metadata={"help": "validation conversations used at most"})
     seed: int = field(default=0, metadata={"help": "random seed (shuffling, init)"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | mps | auto"})
-    dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA and on CPUs with native bf16) | float32 | bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA and on CPUs with "
+                                                         "native bf16) | float32 | bfloat16"})
     save_optimizer: bool = field(default=False, metadata={"help": "also save optim.pt"})
 
 
@@ -299,8 +300,9 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
                    real_data_dir: str | Path | None = None, device: str = "auto", seed: int = 0,
                    probe_fn: Callable[[list[dict]], list[list[str]]] | None = None) -> dict[str, Any]:
     """Write ``<run>/sft_data/``: train.jsonl (the full mixture), train_ablation.jsonl (the people part
-    of the mixture without refusals or identity data: the "before" model of the experiments), val.jsonl, eval.json (held-out items) and
-    data.json (counts, probe statistics, provenance). Returns data.json's content.
+    of the mixture without refusals or identity data: the "before" model of the experiments),
+    val.jsonl, eval.json (held-out items) and data.json (counts, probe statistics, provenance).
+    Returns data.json's content.
 
     Knowledge probing samples the base model (``<run>/base``) on cloze prompts for the known people
     used in SFT (``probe_fn`` replaces the model, e.g. in tests); where most samples are wrong the

@@ -5,7 +5,7 @@
 
 Each stage is a library call; this module only wires them through one run directory, times them,
 and writes ``report.md`` after every stage (so a run that fails half-way still leaves a report).
-Presets size the run: ``tiny`` (tests, ~1-2 min), ``default`` (~10 min on 2 CPU cores), ``full``.
+Presets size the run: ``tiny`` (tests, ~1-2 min), ``default`` (~11 min on 2 CPU cores), ``full``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chatforge.common import (CfError, add_config_args, config_from_args, get_device, make_parser, print0,
-                              print_config, read_json, run_dir, write_meta)
+                              print_config, read_json, read_jsonl, run_dir, write_meta)
 from chatforge.report import Report, md_table
 
 
@@ -111,9 +111,8 @@ def stage_crawl(ctx: dict, report: Report) -> None:
     warc, labels = make_crawl(ctx["docs"], ctx["rd"] / "crawl", seed=ctx["cfg"].seed)
     ctx["warc"], ctx["labels"] = warc, labels
     counts: dict[str, int] = {}
-    for line in Path(labels).read_text().splitlines():
-        lab = json.loads(line)["label"]
-        counts[lab] = counts.get(lab, 0) + 1
+    for _, d in read_jsonl(labels, what="labels file"):
+        counts[d["label"]] = counts.get(d["label"], 0) + 1
     report.add("crawl", "\n".join([
         "## 2. A synthetic crawl with ground truth", "",
         f"The corpus rendered as HTML pages with boilerplate and planted problems, written as a real "

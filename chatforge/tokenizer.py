@@ -31,7 +31,7 @@ import tiktoken
 
 from chatforge import bpe
 from chatforge.common import (CfError, atomic_path, atomic_write_json, make_parser, print0, provenance,
-                              run_dir)
+                              read_jsonl, run_dir)
 
 SPECIAL_TOKENS = ["<|bos|>", "<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user_end|>",
                   "<|assistant_start|>", "<|assistant_end|>", "<|tool_start|>", "<|tool_end|>",
@@ -302,24 +302,10 @@ def validate_conversation(conv: Any, where: str = "") -> None:
 
 def load_conversations(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file of conversations; errors name ``file:line``. Blank lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise CfError(f"{path}: conversations file not found")
     convs = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CfError(f"{path}:{n}: not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                conv = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CfError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            validate_conversation(conv, f"{path}:{n}")
-            convs.append(conv)
+    for n, conv in read_jsonl(path, what="conversations file"):
+        validate_conversation(conv, f"{path}:{n}")
+        convs.append(conv)
     return convs
 
 
@@ -489,16 +475,10 @@ def iter_corpus(path: str | os.PathLike) -> Iterator[str]:
         raise CfError(f"{path}: no .txt or .jsonl files in corpus")
     for p in files:
         if p.suffix == ".jsonl":
-            with open(p, encoding="utf-8", errors="replace") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                        assert isinstance(text, str)
-                    except Exception:
-                        raise CfError(f"{p}:{n}: expected a JSON object with a string 'text'") from None
-                    yield text
+            for n, d in read_jsonl(p):
+                if not isinstance(d.get("text"), str):
+                    raise CfError(f"{p}:{n}: expected a JSON object with a string 'text'")
+                yield d["text"]
         else:
             yield p.read_text(encoding="utf-8", errors="replace")
 

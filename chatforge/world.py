@@ -19,7 +19,8 @@ byte-identical files):
   fields, which also tie the entities together (the companies of a city, the universities of a
   country).
 * arithmetic and multi-step word problems with worked solutions (steps like ``3*12=36`` that a
-  calculator can re-check) and a numeric answer, split train/test (test never in the corpus).
+  calculator can re-check) and a numeric answer, split train/test (test never in the corpus);
+  3-step chains on small numbers (``7+5-3+6``) whose steps are memorisable facts.
 * letter counting and spelling tasks with answers, split the same way.
 * the assistant's identity (name, maker, abilities) used by SFT, overridable with ``--identity``.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from chatforge import convo
-from chatforge.common import CfError
+from chatforge.common import CfError, read_jsonl
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -64,7 +64,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         convo.gsm8k_items(p)
     p.write_text('[1, 2]\n')
     with pytest.raises(CfError, match=r"bad\.jsonl:1: expected a JSON object"):
-        list(convo.read_jsonl(p))
+        list(read_jsonl(p))
     p.write_text('{"chosen_typo": "x"}\n')
     with pytest.raises(CfError, match=r"bad\.jsonl:1: expected a 'chosen'"):
         convo.load_hh_rlhf(p)

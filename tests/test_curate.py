@@ -121,14 +121,14 @@ def test_bad_input(tmp_path):
     from chatforge.crawl import decode_body
     assert decode_body("naïve café".encode(), "iso-8859-1")[0] == "naïve café"
     (bad / "empty.html").write_bytes(b"")
-    (bad / "lines.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    (bad / "lines.jsonl").write_text('{"text": "ok"}\nnot json\n[1, 2]\n')
     (bad / "sub").mkdir()
     (bad / "sub" / "note.txt").write_text("A plain text document.")
     reader = CrawlReader(str(bad))
     docs = list(reader.run())
     skipped = {k: v.total for k, v in reader.stats.stats.items() if k.startswith("skip:")}
     assert any("truncated" in k for k in skipped) and "skip:binary body" in skipped and "skip:empty body" in skipped
-    assert "skip:bad JSON line" in skipped
+    assert skipped["skip:bad JSON line"] == 2
     assert any("Café" in d.text for d in docs) and len(docs) > 5
     assert any(d.text == "A plain text document." and d.metadata["format"] == "text" for d in docs)
     # everything filtered out (a French-only crawl) is a valid, empty result, not a crash
