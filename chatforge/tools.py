@@ -20,6 +20,7 @@ import ast
 import math
 import operator
 import re
+import warnings
 from collections import Counter
 from typing import Callable
 
@@ -103,7 +104,9 @@ def calculate(expr: str) -> int | float:
     if len(expr) > MAX_EXPR_CHARS:
         raise CalcError(f"expression too long (max {MAX_EXPR_CHARS} characters)")
     try:
-        tree = ast.parse(expr, mode="eval")
+        with warnings.catch_warnings():  # model-written garbage like "3x" warns before it fails
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expr, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise CalcError(f"cannot parse {expr!r}") from None
     try:
