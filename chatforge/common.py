@@ -363,10 +363,13 @@ def cpu_has_bf16() -> bool:
     return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
+@functools.lru_cache(maxsize=None)
 def train_dtype(device: str, dtype: str = "auto") -> str:
     """Resolve a training ``dtype`` flag: 'auto' = bf16 autocast on CUDA with bf16 and on CPUs with
     native bf16, fp32 otherwise (with a banner on CPU: the slow path). Inference keeps fp32 on CPU
-    (``autocast_ctx``'s own 'auto'): batch-1 decoding gains little and parity tests stay exact."""
+    (``autocast_ctx``'s own 'auto'): batch-1 decoding gains little and parity tests stay exact.
+    Cached: the answer depends only on the hardware, and a caller inside a training loop (the RL
+    update) must not print the banner every step."""
     if dtype != "auto":
         return dtype
     import torch

@@ -19,8 +19,8 @@ A short tour (FineWeb order, Penedo et al. 2024, "The FineWeb Datasets", section
 Why our own filters instead of datatrove's stock ones: the stock Gopher/C4/FineWeb filters tokenize
 words with NLTK punkt (a data download at run time), its URL filter with tldextract (downloads the
 public-suffix list), its language filter fetches its fastText model from a hub (we load the same
-model family from a wheel), and its token counter uses a hub tokenizer. Ours keep the same rules and thresholds but use a regex word splitter, so
-nothing is downloaded. Every filter returns (False, reason) and writes dropped docs aside.
+model family from a wheel), and its token counter uses a hub tokenizer. Ours keep the same rules and
+thresholds but use a regex word splitter, so nothing is downloaded. Every filter returns (False, reason) and writes dropped docs aside.
 """
 from __future__ import annotations
 

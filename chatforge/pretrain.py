@@ -73,7 +73,8 @@ class PretrainConfig:
     decay_frac: float = field(default=0.3, metadata={"help": "WSD: fraction of steps spent decaying"})
     final_lr_frac: float = field(default=0.0, metadata={"help": "lr multiplier at the last step"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global grad norm (0 = off)"})
-    dtype: str = field(default="auto", metadata={"help": "auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32",
+    dtype: str = field(default="auto", metadata={"help": "auto = bf16 autocast on CUDA and on CPUs with "
+                                                         "native bf16 (AMX), else fp32",
                                                  "choices": ["auto", "float32", "bfloat16"]})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
