@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatforge.crawl import demo_docs, make_crawl  # noqa: E402
-from chatforge.curate import DataConfig, extraction_benchmark, run_pipeline  # noqa: E402
+from chatforge.data.crawl import demo_docs, make_crawl  # noqa: E402
+from chatforge.data.curate import DataConfig, extraction_benchmark, run_pipeline  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "article-extraction-benchmark"
 
@@ -35,8 +35,8 @@ def run_stock(warc: Path) -> int:
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.formatters import PIIFormatter
 
-    from chatforge.crawl import CrawlReader
-    from chatforge.filters import Tally
+    from chatforge.data.crawl import CrawlReader
+    from chatforge.data.filters import Tally
     with tempfile.TemporaryDirectory() as tmp:
         tally = Tally("out")
         steps = [CrawlReader(str(warc.parent), glob_pattern=warc.name), Trafilatura(favour_precision=True),

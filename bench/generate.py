@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from chatforge.engine import Engine, naive_generate   # noqa: E402
-from chatforge.gpt import GPT, config_from_depth      # noqa: E402
-from chatforge.hf import to_hf                        # noqa: E402
+from chatforge.model.engine import Engine, naive_generate   # noqa: E402
+from chatforge.model.gpt import GPT, config_from_depth      # noqa: E402
+from chatforge.model.hf import to_hf                        # noqa: E402
 
 
 def timed(fns: dict, runs: int, naive_runs: int) -> dict[str, tuple[float, list[int]]]:

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from chatforge.common import autocast_ctx                 # noqa: E402
-from chatforge.gpt import GPT, config_from_depth          # noqa: E402
-from chatforge.pretrain import peak_flops                 # noqa: E402
+from chatforge.model.gpt import GPT, config_from_depth          # noqa: E402
+from chatforge.train.pretrain import peak_flops                 # noqa: E402
 
 
 def hf_gpt2(cfg):

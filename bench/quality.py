@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatforge.pretrain import PretrainConfig, pretrain   # noqa: E402
-from chatforge.shards import tokenize_corpus               # noqa: E402
-from chatforge.tokenizer import train_tokenizer            # noqa: E402
+from chatforge.common import make_config  # noqa: E402
+from chatforge.train.pretrain import PretrainConfig, pretrain   # noqa: E402
+from chatforge.data.shards import tokenize_corpus               # noqa: E402
+from chatforge.tokenizer.tokenizer import train_tokenizer            # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
 
@@ -85,7 +86,7 @@ def main() -> None:
         sys.exit(f"{DATA}: Gutenberg data not found")
     run = prepare(Path(args.work), args.vocab, args.tok_chars, args.data_chars)
     steps = args.tokens // (args.batch * args.seq_len)
-    base = PretrainConfig(run=str(run), depth=args.depth, seq_len=args.seq_len, device_batch_size=args.batch,
+    base = make_config(PretrainConfig, run=str(run), depth=args.depth, seq_len=args.seq_len, device_batch_size=args.batch,
                           max_steps=steps, eval_every=0, eval_tokens=args.eval_tokens, sample_every=0,
                           keep_last=1, log_every=max(1, steps // 5), device=args.device)
     rows = []
@@ -93,7 +94,7 @@ def main() -> None:
         opt, _, sched = recipe.partition("-")
         results = []
         for seed in range(args.seeds):
-            cfg = replace(base, optimizer=opt, schedule=sched or base.schedule, seed=1337 + seed)
+            cfg = replace(base, seed=1337 + seed, optim=replace(base.optim, optimizer=opt, schedule=sched or base.optim.schedule))
             t0 = time.perf_counter()
             pretrain(cfg)
             m = json.loads((run / "base" / "metrics.json").read_text())["metrics"]

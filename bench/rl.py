@@ -20,19 +20,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatforge.common import run_dir  # noqa: E402
+from chatforge.assistant import tasks  # noqa: E402
+from chatforge.assistant.convo import math_conversation  # noqa: E402
+from chatforge.assistant.tools import ToolBox  # noqa: E402
+from chatforge.common import make_config, run_dir  # noqa: E402
+from chatforge.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from chatforge.model.engine import naive_generate  # noqa: E402
+from chatforge.model.gpt import GPT, config_from_depth  # noqa: E402
+from chatforge.rl import grpo as rl  # noqa: E402
+from chatforge.rl import rollout  # noqa: E402
+from chatforge.tokenizer.tokenizer import train_tokenizer  # noqa: E402
+from chatforge.train.sft import SFTConfig, train_sft  # noqa: E402
+from chatforge.world.build import WorldConfig, build_world, write_world  # noqa: E402
 
 
 def make_tiny_sft(run: str, depth: int = 4, seconds: float = 120.0, seed: int = 0) -> Path:
     """A tiny SFT checkpoint in ``runs/<run>/sft`` trained from scratch on the world's word problems
     (calculator style), plus ``runs/<run>/world/world.json`` so later stages see the same split."""
-    from chatforge.convo import math_conversation
-    from chatforge.gpt import GPT, config_from_depth
-    from chatforge.checkpoint import save_checkpoint
-    from chatforge.sft import SFTConfig, train_sft
-    from chatforge.tokenizer import train_tokenizer
-    from chatforge.tools import ToolBox
-    from chatforge.world import WorldConfig, build_world, write_world
     rd = run_dir(run)
     world = build_world(WorldConfig(seed=1337, n_people=20, n_cities=8, n_countries=3, n_universities=4,
                                     n_employers=4, n_filler_per_entity=1, n_problems=6000, n_spelling=10))
@@ -47,31 +51,28 @@ def make_tiny_sft(run: str, depth: int = 4, seconds: float = 120.0, seed: int = 
     model = GPT(config_from_depth(depth, tok.n_vocab, 192))
     model.init_weights()
     # ~0.1 s/step for d4 at batch 32 on a shared 2-core CPU; measure one step to fit the budget
-    cfg = SFTConfig(run=str(rd), out="sft", max_steps=5, batch_size=32, lr=3e-3, schedule="constant",
+    cfg = make_config(SFTConfig, run=str(rd), out="sft", max_steps=5, batch_size=32, lr=3e-3, schedule="constant",
                     warmup=0, eval_every=0, device="cpu")
     t0 = time.perf_counter()
     train_sft(cfg, model, tok, convs[:200])
     per_step = (time.perf_counter() - t0) / 5
     steps = max(20, int(seconds / per_step))
-    cfg = SFTConfig(run=str(rd), out="sft", max_steps=steps, batch_size=32, lr=3e-3, schedule="wsd",
+    cfg = make_config(SFTConfig, run=str(rd), out="sft", max_steps=steps, batch_size=32, lr=3e-3, schedule="wsd",
                     warmup=10, decay_frac=0.3, eval_every=0, device="cpu")
     m = train_sft(cfg, model, tok, convs)
     return Path(save_checkpoint(rd / "sft", steps, model, tok, cfg, metrics={k: v for k, v in m.items() if k != "history"}))
 
 
 def bench(run: str, repeats: int, n: int, max_new: int) -> None:
-    from chatforge import rl
-    from chatforge.checkpoint import load_checkpoint
-    from chatforge.engine import naive_generate
     ck = load_checkpoint(run_dir(run) / "sft")
     model, tok = ck.model, ck.tokenizer
-    engine = rl.make_engine(model, tok, use_tools=False)
-    probs = rl.styled(rl.world_problems(run, "test", n=4), "tool")
-    prompts = [rl.prompt_tokens(tok, p["question"]) for p in probs]
+    engine = rollout.make_engine(model, tok, use_tools=False)
+    probs = tasks.with_style(tasks.world_problems(run, "test", n=4), "tool")
+    prompts = [tasks.prompt_tokens(tok, p["question"]) for p in probs]
     stops = []  # fixed-length rollouts so both sides generate the same number of tokens
 
     def batched() -> int:
-        return sum(len(r) for p in prompts for r, _ in rl.sample_group(engine, p, n, max_new, 1.0, None, 0, stops))
+        return sum(len(r) for p in prompts for r, _ in rollout.sample_group(engine, p, n, max_new, 1.0, None, 0, stops))
 
     def naive() -> int:
         return sum(len(naive_generate(model, p, max_new, temperature=1.0, seed=s, stop_tokens=stops))
@@ -91,7 +92,7 @@ def bench(run: str, repeats: int, n: int, max_new: int) -> None:
     # share of an RL step spent in generation (GRPO, engine rollouts, including tool calls)
     shares = []
     for r in range(repeats):
-        cfg = rl.RLConfig(run=run, steps=2, prompts_per_step=4, group_size=n, max_new_tokens=max_new,
+        cfg = make_config(rl.RLConfig, run=run, steps=2, prompts_per_step=4, group_size=n, max_new_tokens=max_new,
                           eval_k=1, eval_every=0, eval_problems=0, device="cpu", seed=r)
         _, m = rl.train_rl(cfg, policy=model, tokenizer=tok, eval_problems=[], save=False)
         shares.append(m["gen_share"])

@@ -68,8 +68,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    from chatforge.gpt import GPT, config_from_depth
-    from chatforge.server import create_app
+    from chatforge.model.gpt import GPT, config_from_depth
+    from chatforge.serve.server import create_app
     torch.manual_seed(0)
     model = GPT(config_from_depth(args.depth, args.vocab, args.seq_len))
     model.init_weights()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chatforge.tokenizer import SPECIAL_TOKENS, LLAMA3_PATTERN, export_hf_tokenizer, train_tokenizer  # noqa: E402
+from chatforge.tokenizer.tokenizer import SPECIAL_TOKENS, LLAMA3_PATTERN, export_hf_tokenizer, train_tokenizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
 

@@ -9,22 +9,25 @@ from __future__ import annotations
 import importlib
 import sys
 
+from chatforge.common import __version__, CfError
+
+
 # command -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "world": ("chatforge.world", "generate the synthetic world (people, problems) and its corpus"),
-    "data": ("chatforge.curate", "curate web data: WARC/HTML -> extract -> filter -> dedup -> PII -> shards"),
-    "tok": ("chatforge.tokenizer", "BPE tokenizer: train | encode | decode | show | stats"),
-    "pretrain": ("chatforge.pretrain", "pretrain a base model on token shards"),
-    "sample": ("chatforge.engine", "sample completions from a checkpoint"),
-    "sft": ("chatforge.sft", "supervised fine-tuning on conversations"),
-    "rm": ("chatforge.reward", "train a reward model on preference pairs"),
-    "rl": ("chatforge.rl", "reinforcement learning (GRPO / RLHF)"),
-    "dpo": ("chatforge.dpo", "direct preference optimization"),
-    "eval": ("chatforge.evaluate", "evaluate a checkpoint"),
-    "chat": ("chatforge.chat", "chat with a model in the terminal"),
-    "serve": ("chatforge.server", "OpenAI-compatible API server and web UI"),
-    "import": ("chatforge.hf", "import a transformers checkpoint"),
-    "export": ("chatforge.export", "export a checkpoint to HF or GGUF"),
+    "world": ("chatforge.world.build", "generate the synthetic world (people, problems) and its corpus"),
+    "data": ("chatforge.data.curate", "curate web data: WARC/HTML -> extract -> filter -> dedup -> PII -> shards"),
+    "tok": ("chatforge.tokenizer.tokenizer", "BPE tokenizer: train | encode | decode | show | stats"),
+    "pretrain": ("chatforge.train.pretrain", "pretrain a base model on token shards"),
+    "sample": ("chatforge.model.engine", "sample completions from a checkpoint"),
+    "sft": ("chatforge.train.sft", "supervised fine-tuning on conversations"),
+    "rm": ("chatforge.rl.reward", "train a reward model on preference pairs"),
+    "rl": ("chatforge.rl.grpo", "reinforcement learning (GRPO / RLHF)"),
+    "dpo": ("chatforge.rl.dpo", "direct preference optimization"),
+    "eval": ("chatforge.eval.experiments", "evaluate a checkpoint"),
+    "chat": ("chatforge.serve.chat", "chat with a model in the terminal"),
+    "serve": ("chatforge.serve.server", "OpenAI-compatible API server and web UI"),
+    "import": ("chatforge.model.hf", "import a transformers checkpoint"),
+    "export": ("chatforge.serve.export", "export a checkpoint to HF or GGUF"),
     "speedrun": ("chatforge.speedrun", "run every stage on the embedded default and write report.md"),
 }
 
@@ -41,14 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     if argv[0] in ("-V", "--version"):
-        from chatforge.common import __version__
         print(f"chatforge {__version__}")
         return
     cmd = argv[0]
     if cmd not in COMMANDS:
         sys.stderr.write(f"chatforge: error: unknown command '{cmd}'; expected one of {', '.join(COMMANDS)}\n")
         sys.exit(2)
-    from chatforge.common import CfError
     try:
         module = importlib.import_module(COMMANDS[cmd][0])
     except ModuleNotFoundError as e:

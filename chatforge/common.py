@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,24 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator
 
+import matplotlib.pyplot as plt
+import numpy as np
+
+
 __version__ = "0.1.0"
+
+
+# ----------------------------------------------------------------------------- shared data
+
+def data_dir(*parts: str) -> Path:
+    """The folder of downloaded evaluation/benchmark data (GSM8K, HellaSwag, HH-RLHF, ...), joined with ``parts``.
+
+    ``CHATFORGE_DATA`` overrides it (point it at your own downloads, e.g. from ``chatforge eval fetch``);
+    the default is ``../shared/data`` beside the checkout, the layout of the development machines.
+    Resolved at call time, so tests and users can set the variable after import.
+    """
+    root = os.environ.get("CHATFORGE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(root).joinpath(*parts)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -75,7 +93,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _rmtree(p: Path) -> None:
-    import shutil
     shutil.rmtree(p, ignore_errors=True)
 
 
@@ -105,7 +122,6 @@ def _json_default(o: Any) -> Any:
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
     path = Path(path)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -202,13 +218,44 @@ def run_dir(name_or_path: str | os.PathLike, root: str | os.PathLike = "runs") -
 
 # ----------------------------------------------------------------------------- typed configs
 
-def config_from_dict(cls: type, d: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a dict; unknown keys fail loudly."""
+def _nested(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` that are themselves dataclasses (e.g. ``optim: OptimConfig``): their fields are
+    flat flags/keys of ``cls`` (``--lr``, not ``--optim.lr``), so every stage spells them the same."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def make_config(cls: type, base: Any = None, where: str = "config", **flat: Any) -> Any:
+    """Dataclass ``cls`` (or a copy of ``base``) with ``flat`` fields set; a nested config's fields may
+    be given flat or as a dict under its own name. Unknown keys fail loudly, naming ``where``."""
+    nested = _nested(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise CfError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
-    return cls(**d)
+    inner = {k: {f.name for f in dataclasses.fields(t)} for k, t in nested.items()}
+    top: dict[str, Any] = {}
+    sub: dict[str, dict[str, Any]] = {k: {} for k in nested}
+    for k, v in flat.items():
+        if k in nested and isinstance(v, dict):
+            sub[k].update(v)
+        elif k in names:
+            top[k] = v
+        elif (owner := next((n for n, fs in inner.items() if k in fs), None)) is not None:
+            sub[owner][k] = v
+        else:
+            expected = sorted(names - set(nested) | {x for fs in inner.values() for x in fs})
+            raise CfError(f"{where}: unknown key {k!r} for {cls.__name__}; expected some of {expected}")
+    obj = base if base is not None else cls()
+    for k, fields_ in sub.items():
+        if fields_ and k not in top:
+            unknown = set(fields_) - inner[k]
+            if unknown:
+                raise CfError(f"{where}: unknown key(s) {sorted(unknown)} for {nested[k].__name__}")
+            top[k] = dataclasses.replace(getattr(obj, k), **fields_)
+    return dataclasses.replace(obj, **top)
+
+
+def config_from_dict(cls: type, d: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a dict (nested configs as dicts or flat); unknown keys fail loudly."""
+    return make_config(cls, where=where, **d)
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
@@ -221,34 +268,55 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
     return t
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per dataclass field; help text comes from ``field(metadata={"help": ...})``."""
+class _Deprecated(argparse.Action):
+    """An old flag spelling kept for one release: stores into the new field and says so once."""
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        sys.stderr.write(f"chatforge: {option_string} is deprecated and will be removed; use {new}\n")
+        setattr(namespace, self.dest, values)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                    defaults: Any = None) -> None:
+    """Add one ``--flag`` per dataclass field; help text comes from ``field(metadata={"help": ...})``.
+
+    A nested config field (``optim: OptimConfig``) adds its fields as flat flags, with this stage's
+    defaults. ``metadata={"deprecated": ["--old-name"]}`` keeps old spellings working with a warning.
+    """
+    nested = _nested(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        t = _field_type(cls, f)
-        flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        if f.name in nested:
+            add_config_args(parser, nested[f.name], skip, defaults=default)
+            continue
+        t = _field_type(cls, f)
+        flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "") + f" (default: {default})"
         if t is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=helptext)
+            kw: dict[str, Any] = dict(action=argparse.BooleanOptionalAction)
         elif t in (int, float, str):
-            parser.add_argument(flag, dest=f.name, type=t, default=argparse.SUPPRESS, help=helptext,
-                                choices=f.metadata.get("choices"))
+            kw = dict(type=t, choices=f.metadata.get("choices"))
         else:  # lists and other structured values come as JSON on the command line
-            parser.add_argument(flag, dest=f.name, type=json.loads, default=argparse.SUPPRESS,
-                                help=helptext + " [JSON]")
+            kw, helptext = dict(type=json.loads), helptext + " [JSON]"
+        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=helptext, **kw)
+        for old in f.metadata.get("deprecated", ()):
+            parser.add_argument(old, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                                action=_Deprecated, **{k: v for k, v in kw.items() if k != "action"})
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any = None, **overrides: Any) -> Any:
-    """Dataclass from parsed args: fields given on the command line override ``base`` (or defaults)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    given.update(overrides)
-    if base is not None:
-        return dataclasses.replace(base, **given)
-    return cls(**given)
+    """Dataclass from parsed args: fields given on the command line override ``base`` (or defaults).
+    Flags that are not fields of ``cls`` (or of its nested configs) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for t in _nested(cls).values():
+        names |= {f.name for f in dataclasses.fields(t)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return make_config(cls, base=base, **{**given, **overrides})
 
 
 def print_config(cfg: Any, title: str = "config") -> None:
@@ -260,7 +328,6 @@ def print_config(cfg: Any, title: str = "config") -> None:
 
 class CliParser(argparse.ArgumentParser):
     """argparse that reports a bad argument as one line and exits 2."""
-
     def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
@@ -295,7 +362,6 @@ def banner(msg: str) -> None:
 
 class Timer:
     """Wall-clock timer for stages: ``with Timer("tokenizer") as t: ...; t.seconds``."""
-
     def __init__(self, name: str, quiet: bool = False):
         self.name, self.quiet, self.seconds = name, quiet, 0.0
 
@@ -330,17 +396,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def seed_all(seed: int) -> None:
     random.seed(seed)
     try:
-        import numpy as np
         np.random.seed(seed % 2**32)
     except ImportError:
         pass
-    import torch
+    import torch  # lazy: data stages and `chatforge --help` import common without torch
     torch.manual_seed(seed)
 
 
 def get_device(name: str = "auto") -> str:
     """'auto' picks cuda, then mps, then cpu."""
-    import torch
+    import torch  # lazy: data stages and `chatforge --help` import common without torch
     if name != "auto":
         return name
     if torch.cuda.is_available():
@@ -372,7 +437,7 @@ def train_dtype(device: str, dtype: str = "auto") -> str:
     update) must not print the banner every step."""
     if dtype != "auto":
         return dtype
-    import torch
+    import torch  # lazy: data stages and `chatforge --help` import common without torch
     dev_type = device.split(":")[0]
     if dev_type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
@@ -385,7 +450,7 @@ def train_dtype(device: str, dtype: str = "auto") -> str:
 
 def autocast_ctx(device: str, dtype: str = "auto") -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (and on CPUs when asked); fp32 otherwise (the reference path)."""
-    import torch
+    import torch  # lazy: data stages and `chatforge --help` import common without torch
     dev_type = device.split(":")[0]
     if dtype == "auto":
         dtype = "bfloat16" if dev_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"

@@ -15,9 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from chatforge.common import (CfError, add_config_args, config_from_args, get_device, make_parser, print0,
+from chatforge.common import (add_config_args, CfError, config_from_args, get_device, make_parser, print0,
                               print_config, read_json, read_jsonl, run_dir, write_meta)
-from chatforge.report import Report, md_table
+from chatforge.data.crawl import make_crawl
+from chatforge.data.curate import DataConfig, evaluate_filters, format_eval, iter_clean_docs, run_pipeline
+from chatforge.data.shards import tokenize_corpus
+from chatforge.eval.experiments import run_experiments
+from chatforge.model.checkpoint import load_checkpoint
+from chatforge.model.engine import Engine
+from chatforge.report import md_table, Report
+from chatforge.rl.experiments import run_rl_stage, run_rlhf_stage
+from chatforge.tokenizer.tokenizer import Tokenizer, train_tokenizer
+from chatforge.train.pretrain import pretrain, PretrainConfig
+from chatforge.train.sft import build_sft_data, sft, SFTConfig, SFTMix
+from chatforge.world.build import build_world, WorldConfig, write_world
+
+
 
 
 @dataclass
@@ -89,7 +102,6 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
 # ----------------------------------------------------------------------------- stages
 
 def stage_world(ctx: dict, report: Report) -> None:
-    from chatforge.world import WorldConfig, build_world, write_world
     p = ctx["p"]
     wc = WorldConfig(seed=ctx["cfg"].seed, n_people=p["n_people"], n_bios_per_person=p["n_bios"],
                      n_problems=p["n_problems"], n_spelling=p["n_spelling"], n_filler_per_entity=p["n_filler"])
@@ -107,7 +119,6 @@ def stage_world(ctx: dict, report: Report) -> None:
 
 
 def stage_crawl(ctx: dict, report: Report) -> None:
-    from chatforge.crawl import make_crawl
     warc, labels = make_crawl(ctx["docs"], ctx["rd"] / "crawl", seed=ctx["cfg"].seed)
     ctx["warc"], ctx["labels"] = warc, labels
     counts: dict[str, int] = {}
@@ -120,7 +131,6 @@ def stage_crawl(ctx: dict, report: Report) -> None:
 
 
 def stage_data(ctx: dict, report: Report) -> None:
-    from chatforge.curate import DataConfig, evaluate_filters, format_eval, run_pipeline
     dc = DataConfig(input=str(ctx["warc"]), run=str(ctx["rd"]), extractor=ctx["p"]["extractor"], shards=False)
     stats = run_pipeline(dc)
     res = evaluate_filters(ctx["rd"], ctx["labels"])
@@ -133,12 +143,10 @@ def stage_data(ctx: dict, report: Report) -> None:
 
 
 def _clean_texts(rd: Path):
-    from chatforge.curate import iter_clean_docs
     return (d["text"] for d in iter_clean_docs(rd / "data"))
 
 
 def stage_tokenizer(ctx: dict, report: Report) -> None:
-    from chatforge.tokenizer import train_tokenizer
     rd, p = ctx["rd"], ctx["p"]
     t0 = time.perf_counter()
     tok = train_tokenizer(_clean_texts(rd), p["vocab_size"])
@@ -157,8 +165,6 @@ def stage_tokenizer(ctx: dict, report: Report) -> None:
 
 
 def stage_shards(ctx: dict, report: Report) -> None:
-    from chatforge.shards import tokenize_corpus
-    from chatforge.tokenizer import Tokenizer
     rd = ctx["rd"]
     tok = ctx.get("tok") or Tokenizer.load(rd / "tokenizer")
     stats = tokenize_corpus(tok, _clean_texts(rd), rd / "shards", val_fraction=0.02)
@@ -169,7 +175,6 @@ def stage_shards(ctx: dict, report: Report) -> None:
 
 
 def stage_pretrain(ctx: dict, report: Report) -> None:
-    from chatforge.pretrain import PretrainConfig, pretrain
     rd, p, cfg = ctx["rd"], ctx["p"], ctx["cfg"]
     pc = PretrainConfig(run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
                         time_budget=p["pretrain_seconds"], max_steps=100_000, seed=cfg.seed, device=cfg.device,
@@ -185,8 +190,6 @@ def stage_pretrain(ctx: dict, report: Report) -> None:
 
 
 def stage_sample(ctx: dict, report: Report) -> None:
-    from chatforge.checkpoint import load_checkpoint
-    from chatforge.engine import Engine
     rd = ctx["rd"]
     ck = load_checkpoint(rd / "base")
     engine = Engine(ck.model, ck.tokenizer)
@@ -207,8 +210,6 @@ def stage_sample(ctx: dict, report: Report) -> None:
 
 
 def stage_sft(ctx: dict, report: Report) -> None:
-    from chatforge.evaluate import run_experiments
-    from chatforge.sft import SFTConfig, SFTMix, build_sft_data, sft
     rd, p = ctx["rd"], ctx["p"]
     # Hundreds of tool traces per style: copying operands into a calculator call is learned from
     # ~600 examples in ~500 steps (120 gave 1% calculator accuracy, 600 gave 64%; dev/LOG.md).
@@ -220,7 +221,6 @@ def stage_sft(ctx: dict, report: Report) -> None:
 
 
 def stage_rl(ctx: dict, report: Report) -> None:
-    from chatforge.rl import run_rl_stage
     p = ctx["p"]
     md, metrics = run_rl_stage(ctx["rd"], budget_s=p["rl_seconds"], device=get_device(ctx["cfg"].device),
                                eval_problems=p["n_eval_rl"], control=True, group_size=p["rl_group"])
@@ -228,7 +228,6 @@ def stage_rl(ctx: dict, report: Report) -> None:
 
 
 def stage_rlhf(ctx: dict, report: Report) -> None:
-    from chatforge.rl import run_rlhf_stage
     md, metrics = run_rlhf_stage(ctx["rd"], device=get_device(ctx["cfg"].device))
     report.add("rlhf", md)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatforge.gpt import GPT, GPTConfig
-from chatforge.tokenizer import train_tokenizer
-from chatforge.world import WorldConfig, build_world, write_world
+from chatforge.model.gpt import GPT, GPTConfig
+from chatforge.tokenizer.tokenizer import train_tokenizer
+from chatforge.world.build import WorldConfig, build_world, write_world
 
 TINY_WORLD = dict(n_people=60, n_problems=200, n_spelling=100, n_cities=6, n_countries=2, n_universities=4,
                   n_employers=4, n_filler_per_entity=1)
@@ -41,7 +41,7 @@ def tm():
 
 def tiny_run(tmp_path: Path, name: str = "run"):
     """A run directory with world/ and base/ (an untrained tiny model): what SFT starts from."""
-    from chatforge.checkpoint import save_checkpoint
+    from chatforge.model.checkpoint import save_checkpoint
     world = tiny_world()
     rd = tmp_path / name
     write_world(world, rd)

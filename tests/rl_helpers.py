@@ -9,7 +9,7 @@ import torch
 
 @functools.lru_cache(maxsize=1)
 def byte_tokenizer():
-    from chatforge.tokenizer import SPECIAL_TOKENS, train_tokenizer
+    from chatforge.tokenizer.tokenizer import SPECIAL_TOKENS, train_tokenizer
     return train_tokenizer(["abc"], 256 + len(SPECIAL_TOKENS))
 
 
@@ -18,7 +18,7 @@ def ByteTokenizer():  # noqa: N802 (reads like the class it stands for)
 
 
 def tiny_gpt(vocab: int = 267, seq_len: int = 96, seed: int = 0, n_embd: int = 32, n_layer: int = 1):
-    from chatforge.gpt import GPT, GPTConfig
+    from chatforge.model.gpt import GPT, GPTConfig
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=vocab, seq_len=seq_len, n_layer=n_layer, n_head=2, n_kv_head=2, n_embd=n_embd,
                     mlp_hidden=4 * n_embd)

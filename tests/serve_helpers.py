@@ -15,14 +15,14 @@ TEXTS = ["Hello world! The quick brown fox jumps over the lazy dog. " * 3,
 
 @lru_cache(maxsize=None)
 def tiny_tokenizer():
-    from chatforge.tokenizer import train_tokenizer
+    from chatforge.tokenizer.tokenizer import train_tokenizer
     return train_tokenizer(TEXTS, 300)
 
 
 def tiny_model(flavour: str = "llama", seed: int = 0, seq_len: int = 96, vocab_size: int = 304):
     """A 2-layer model; the llama one uses GQA (1 kv head for 2 query heads), vocab padded past the
     tokenizer's 300 ids (so padded rows are exercised)."""
-    from chatforge.gpt import GPT, config_from_depth
+    from chatforge.model.gpt import GPT, config_from_depth
     cfg = config_from_depth(2, vocab_size, seq_len, flavour)
     if flavour == "llama":
         cfg.n_kv_head = 1

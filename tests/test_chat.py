@@ -4,8 +4,8 @@ import io
 import pytest
 
 from assistant_helpers import tm, tiny_model, tiny_tokenizer, tiny_world  # noqa: F401 (fixtures)
-from chatforge.chat import ChatSession, chat_loop
-from chatforge.engine import Engine
+from chatforge.serve.chat import ChatSession, chat_loop
+from chatforge.model.engine import Engine
 
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from chatforge import convo
+from chatforge.assistant import convo
 from chatforge.common import CfError, read_jsonl
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

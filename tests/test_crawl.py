@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from chatforge.common import CfError
-from chatforge.crawl import demo_docs, make_crawl, render_page
+from chatforge.data.crawl import demo_docs, make_crawl, render_page
 
 
 def test_make_crawl_is_deterministic_and_labelled(tmp_path):

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chatforge import dedup as D
-from chatforge import filters as F
+from chatforge.data import dedup as D
+from chatforge.data import filters as F
 from chatforge.common import CfError
-from chatforge.crawl import CrawlReader, demo_docs, make_crawl
-from chatforge.curate import DataConfig, cli, evaluate_filters, extraction_benchmark, run_pipeline
+from chatforge.data.crawl import CrawlReader, demo_docs, make_crawl
+from chatforge.data.curate import DataConfig, cli, evaluate_filters, extraction_benchmark, run_pipeline
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -118,7 +118,7 @@ def test_bad_input(tmp_path):
     (bad / "binary.html").write_bytes(b"\x00\x01\x02binary")
     (bad / "latin1.html").write_bytes("<html><body><p>Caf\xe9 cr\xe8me</p></body></html>".encode("latin-1"))
     # wrong charset: the server says latin-1, the bytes are UTF-8
-    from chatforge.crawl import decode_body
+    from chatforge.data.crawl import decode_body
     assert decode_body("naïve café".encode(), "iso-8859-1")[0] == "naïve café"
     (bad / "empty.html").write_bytes(b"")
     (bad / "lines.jsonl").write_text('{"text": "ok"}\nnot json\n[1, 2]\n')
@@ -189,7 +189,7 @@ def test_ray_executor_matches_local(tmp_path):
 def test_gopher_ngram_fast_matches_slow():
     import random
 
-    from chatforge.crawl import _spam
+    from chatforge.data.crawl import _spam
     rng = random.Random(0)
     texts = [d["text"] for d in demo_docs(30, seed=3)] + [_spam(rng) for _ in range(30)] + ["", "one two", "a a a a a a"]
     top, dup = ((2, 0.2), (3, 0.18), (4, 0.16)), ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
@@ -221,8 +221,8 @@ def test_pii_prefilter_matches_datatrove():
 
 def test_token_counts_and_shards_with_project_tokenizer(tmp_path):
     try:
-        from chatforge.tokenizer import Tokenizer, train_tokenizer
-        import chatforge.shards  # noqa: F401
+        from chatforge.tokenizer.tokenizer import Tokenizer, train_tokenizer
+        import chatforge.data.shards  # noqa: F401
     except ImportError as e:
         pytest.skip(f"tokenizer/shards not available yet: {e}")
     docs = demo_docs(30, seed=6)

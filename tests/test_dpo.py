@@ -7,8 +7,9 @@ import random
 import pytest
 import torch
 
-from chatforge import dpo
-from chatforge.reward import PrefPair
+from chatforge.common import make_config
+from chatforge.rl import dpo
+from chatforge.rl.preferences import PrefPair
 from rl_helpers import ByteTokenizer, tiny_gpt
 
 
@@ -29,19 +30,19 @@ def test_dpo_loss_value_and_gradient_sign():
 
 def test_reply_row_targets_only_the_final_reply():
     tok = ByteTokenizer()
-    x, y = dpo.reply_row(tok, ["hi", "ho", "q"], "ab", 64)
-    scored = [t for t in y if t != -1]
+    ids, mask = dpo.reply_row(tok, ["hi", "ho", "q"], "ab", 64)
+    scored = [t for t, m in zip(ids, mask) if m]
     assert scored == [ord("a"), ord("b"), tok.special("<|assistant_end|>")]
-    assert len(x) == len(y)
+    assert len(ids) == len(mask)
 
 
 def test_tiny_dpo_learns_toy_preference():
     rng = random.Random(0)
     pairs = [PrefPair([f"q{i}"], "yes" + rng.choice(["", "!"]), "no" + rng.choice(["", "!"]), f"toy/{i}") for i in range(120)]
     tok = ByteTokenizer()
-    cfg = dpo.DPOConfig(epochs=2, batch_size=16, lr=3e-3, beta=0.5, device="cpu", max_tokens=48)
+    cfg = make_config(dpo.DPOConfig, epochs=2, batch_size=16, lr=3e-3, beta=0.5, device="cpu", max_tokens=48)
     policy = tiny_gpt()
-    prompt = dpo.reply_row(tok, ["q999"], "x", 48)[0][:-1]
+    prompt = dpo.reply_row(tok, ["q999"], "x", 48)[0][:-2]  # up to <|assistant_start|>
     def p_yes(m):
         with torch.no_grad():
             pr = torch.softmax(m(torch.tensor([prompt]))[0, -1], -1)

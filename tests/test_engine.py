@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 from chatforge.common import CfError
-from chatforge.engine import Engine, few_shot_prefix, naive_generate, sample_next
-from chatforge.gpt import GPT, GPTConfig
+from chatforge.model.engine import Engine, few_shot_prefix, naive_generate, sample_next
+from chatforge.model.gpt import GPT, GPTConfig
 
 SPECIALS = ["<|bos|>", "<|assistant_end|>", "<|tool_start|>", "<|tool_end|>", "<|output_start|>", "<|output_end|>"]
 
@@ -177,9 +177,9 @@ def test_few_shot_prefix(tmp_path):
 
 
 def test_sample_cli(tmp_path, capsys):
-    from chatforge.checkpoint import save_checkpoint
-    from chatforge.engine import cli
-    from chatforge.tokenizer import train_tokenizer
+    from chatforge.model.checkpoint import save_checkpoint
+    from chatforge.model.engine import cli
+    from chatforge.tokenizer.tokenizer import train_tokenizer
     tok = train_tokenizer(["the cat sat on the mat. " * 20, "a dog ran far away -> home\n" * 20], 300)
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=tok.n_vocab, seq_len=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32,
@@ -200,7 +200,7 @@ def test_sample_cli(tmp_path, capsys):
 
 
 def test_continuing_a_cache_equals_fresh_generation():
-    from chatforge.gpt import KVCache
+    from chatforge.model.gpt import KVCache
     m = tiny("llama")
     eng = Engine(m)
     cache = KVCache.for_model(m, 1)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from chatforge import evaluate as ev
+from chatforge.assistant import tasks
+from chatforge.eval import experiments as ev
 from chatforge.common import CfError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -48,11 +49,13 @@ def test_wilson_known_values_and_edges():
     assert m["n"] == 4 and m["p"] == 0.75 and "n=4" in ev.fmt_prop(m)
 
 
-def test_last_number():
-    assert ev.last_number("3*12=36. 36-7=29. The answer is 29.") == "29"
-    assert ev.last_number("It costs $1,234.50 total") == "1234.5"
-    assert ev.last_number("no digits") is None
-    assert ev.numbers_equal("18", "18") and ev.numbers_equal("18.0", "18") and not ev.numbers_equal(None, "1")
+def test_one_numeric_checker_for_rl_and_eval():
+    """RL's reward and the report's experiments score a reply with the same checker (tasks.math_correct)."""
+    assert tasks.extract_answer("3*12=36. 36-7=29. The answer is 29.") == "29"
+    assert tasks.extract_answer("It costs $1,234.50 total") == "1234.5"
+    assert tasks.extract_answer("no digits") is None
+    assert tasks.math_correct("The answer is 18.0", "18") and not tasks.math_correct("no number", "1")
+    assert tasks.math_correct("#### 1,234", 1234) and tasks.exact_reward("#### 1,234", "1234") == 1.0
 
 
 @pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "mmlu", "hellaswag"])
@@ -119,7 +122,7 @@ def test_gsm8k_exact_match(tm):
     if not (DATA / "gsm8k" / "test.jsonl").exists():
         pytest.skip("gsm8k absent")
     tok, _ = tm
-    from chatforge.convo import gsm8k_items
+    from chatforge.assistant.convo import gsm8k_items
     items = gsm8k_items(DATA / "gsm8k" / "test.jsonl", limit=2)   # answers 18 and 3
     assert ev.eval_gsm8k(AnswerEngine(tok, "16-3-4=9. 9*2=18. The answer is 18."), tok, items)["k"] == 1
     assert ev.eval_gsm8k(AnswerEngine(tok, "The answer is 3."), tok, items)["k"] == 1
@@ -127,7 +130,7 @@ def test_gsm8k_exact_match(tm):
 
 
 def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
-    from chatforge.sft import SFTConfig, SFTMix, build_sft_data, sft
+    from chatforge.train.sft import SFTConfig, SFTMix, build_sft_data, sft
     rd, _, _, _ = tiny_run(tmp_path)
     mix = SFTMix(n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=3, n_letters_per_style=2,
                  n_search=2, n_eval_known=4, n_eval_unknown=4)

@@ -41,11 +41,11 @@ def tok():
 def test_llama_bpe_pretokenization_equals_ours(tok):
     import regex
     from tokenizers import Tokenizer as HFTokenizer
-    from chatforge import bpe
+    from chatforge.tokenizer import bpe
     assert regex.findall(LLAMA_BPE_REGEX, TEXT) == LLAMA_BPE_CHUNKS
     assert regex.findall(tok.pattern, TEXT) == LLAMA_BPE_CHUNKS
     assert bpe.split_chunks(TEXT) == LLAMA_BPE_CHUNKS
-    from chatforge.export import hf_tokenizer_json
+    from chatforge.serve.export import hf_tokenizer_json
     hf = HFTokenizer.from_str(json.dumps(hf_tokenizer_json(tok)))
     b2u = bpe.bytes_to_unicode()
     assert [p for p, _ in hf.pre_tokenizer.pre_tokenize_str(TEXT)] == \
@@ -53,8 +53,8 @@ def test_llama_bpe_pretokenization_equals_ours(tok):
 
 
 def test_permutation_round_trip():
-    from chatforge.export import permute_half_to_interleaved
-    from chatforge.hf import permute_interleaved_to_half
+    from chatforge.serve.export import permute_half_to_interleaved
+    from chatforge.model.hf import permute_interleaved_to_half
     w = torch.randn(4 * 8, 5)
     p = permute_half_to_interleaved(w, 4)
     assert not torch.equal(p, w) and torch.equal(permute_interleaved_to_half(p, 4), w)
@@ -63,8 +63,8 @@ def test_permutation_round_trip():
 
 
 def test_gguf_llama_metadata_and_tensors(tok, tmp_path):
-    from chatforge.export import CHAT_TEMPLATE, write_gguf
-    from chatforge.hf import permute_interleaved_to_half
+    from chatforge.serve.export import CHAT_TEMPLATE, write_gguf
+    from chatforge.model.hf import permute_interleaved_to_half
     m = tiny_model("llama", 0)
     c = m.config
     path = write_gguf(m, tok, tmp_path / "m.gguf", name="tiny")
@@ -97,7 +97,7 @@ def test_gguf_llama_metadata_and_tensors(tok, tmp_path):
 
 
 def test_gguf_gpt2_fuses_qkv(tok, tmp_path):
-    from chatforge.export import write_gguf
+    from chatforge.serve.export import write_gguf
     m = tiny_model("gpt2", 1)
     c = m.config
     val, tensors = read_gguf(write_gguf(m, tok, tmp_path / "g.gguf", dtype="f16"))
@@ -117,7 +117,7 @@ def test_gguf_loads_in_transformers_with_equal_logits(tok, tmp_path, flavour):
     tokenizer from tokenizer.ggml.*) gives our logits and our tokenization."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")    # transformers needs it to load GGUF files
-    from chatforge.export import write_gguf
+    from chatforge.serve.export import write_gguf
     # transformers maps gpt2's context_length to n_ctx, not n_positions: use GPT-2's 1024 positions
     m = tiny_model(flavour, 2, seq_len=1024 if flavour == "gpt2" else 96)
     write_gguf(m, tok, tmp_path / "m.gguf")
@@ -132,7 +132,7 @@ def test_gguf_loads_in_transformers_with_equal_logits(tok, tmp_path, flavour):
 
 def test_gguf_rejects_architectures_llama_cpp_lacks(tok, tmp_path):
     from chatforge.common import CfError
-    from chatforge.export import write_gguf
+    from chatforge.serve.export import write_gguf
     m = tiny_model("llama", 0)
     m.config.mlp = "gelu"
     with pytest.raises(CfError, match="no HF architecture"):
@@ -143,9 +143,9 @@ def test_gguf_rejects_architectures_llama_cpp_lacks(tok, tmp_path):
 def test_hf_folder_generates_like_chatforge(tok, tmp_path):
     """transformers loads the exported folder; its greedy continuation and tokenization equal ours."""
     transformers = pytest.importorskip("transformers")
-    from chatforge.batcher import sequential_generate
-    from chatforge.checkpoint import save_checkpoint
-    from chatforge.export import cli
+    from chatforge.serve.batcher import sequential_generate
+    from chatforge.model.checkpoint import save_checkpoint
+    from chatforge.serve.export import cli
     for flavour in ("llama", "gpt2"):
         m = tiny_model(flavour, 2)
         ck = save_checkpoint(tmp_path / flavour / "sft", 5, m, tok, {})
@@ -171,9 +171,9 @@ def test_hf_folder_generates_like_chatforge(tok, tmp_path):
 
 
 def test_export_cli_gguf_and_bad_input(tok, tmp_path):
-    from chatforge.checkpoint import save_checkpoint
+    from chatforge.model.checkpoint import save_checkpoint
     from chatforge.common import CfError
-    from chatforge.export import cli
+    from chatforge.serve.export import cli
     ck = save_checkpoint(tmp_path / "run" / "base", 1, tiny_model(), tok, {})
     cli(["--format", "gguf", "--ckpt", str(tmp_path / "run" / "base"), "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "chatforge-run-base.gguf").exists()
@@ -187,8 +187,8 @@ def test_export_cli_gguf_and_bad_input(tok, tmp_path):
 def test_llama_cpp_greedy_continuation(tok, tmp_path):
     """Only where llama-cpp-python is installed (a wheel in /work/shared/wheels); skipped otherwise."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from chatforge.batcher import sequential_generate
-    from chatforge.export import write_gguf
+    from chatforge.serve.batcher import sequential_generate
+    from chatforge.serve.export import write_gguf
     m = tiny_model("llama", 0)
     path = write_gguf(m, tok, tmp_path / "m.gguf")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=m.config.seq_len, verbose=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge.gpt import (GPT, PRESETS, GPTConfig, KVCache, apply_rope, config_from_depth, rope_cos_sin)
+from chatforge.model.gpt import (GPT, PRESETS, GPTConfig, KVCache, apply_rope, config_from_depth, rope_cos_sin)
 
 
 def tiny(flavour: str, **kw) -> GPTConfig:

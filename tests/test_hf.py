@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge.gpt import GPT, GPTConfig
-from chatforge.hf import cli, from_hf, from_llama2c, permute_interleaved_to_half, to_hf
+from chatforge.model.gpt import GPT, GPTConfig
+from chatforge.model.hf import cli, from_hf, from_llama2c, permute_interleaved_to_half, to_hf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -105,7 +105,7 @@ def test_bad_sources(tmp_path):
 
 
 def test_import_cli_writes_checkpoint(tmp_path):
-    from chatforge.checkpoint import load_checkpoint
+    from chatforge.model.checkpoint import load_checkpoint
     m = ours(LLAMA_KW)
     to_hf(m, tmp_path / "hf")
     cli([str(tmp_path / "hf"), "--out", str(tmp_path / "base")])
@@ -119,7 +119,7 @@ def test_import_cli_writes_checkpoint(tmp_path):
 
 def test_permutation_keeps_attention_scores():
     # interleaved RoPE on (Wq x, Wk x) == rotate_half RoPE on the permuted rows: same q.k scores
-    from chatforge.gpt import apply_rope, rope_cos_sin
+    from chatforge.model.gpt import apply_rope, rope_cos_sin
     d, T = 8, 6
     wq, wk, x = torch.randn(d, 16), torch.randn(d, 16), torch.randn(T, 16)
     cos, sin = rope_cos_sin(T, d)
@@ -191,7 +191,7 @@ def test_llama2c_stories260k(tmp_path):
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     assert (logits - hf_logits(hf, x)[0]).abs().max() < TOL
     cli([str(STORIES), "--format", "llama2c", "--out", str(tmp_path / "base")])
-    from chatforge.checkpoint import load_checkpoint
+    from chatforge.model.checkpoint import load_checkpoint
     ck = load_checkpoint(tmp_path / "base", tokenizer=SimpleNamespace(n_vocab=512))
     with torch.no_grad():
         assert torch.equal(ck.model(x)[0], logits)

@@ -1,15 +1,13 @@
 """Optimizers and schedules: schedule shapes, Newton-Schulz orthogonality, Muon learns, grouping."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge.optim import Muon, build_optimizer, lr_at, newton_schulz, split_params
+from chatforge.model.optim import Muon, OptimConfig, build_optimizer, lr_at, newton_schulz, split_params
 
 
 def test_cosine_schedule_shape():
-    cfg = SimpleNamespace(schedule="cosine", warmup=10, final_lr_frac=0.1)
+    cfg = OptimConfig(schedule="cosine", warmup=10, final_lr_frac=0.1)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))           # warmup rises linearly
@@ -19,12 +17,12 @@ def test_cosine_schedule_shape():
 
 
 def test_wsd_schedule_shape():
-    cfg = SimpleNamespace(schedule="wsd", warmup=5, final_lr_frac=0.0, decay_frac=0.2)
+    cfg = OptimConfig(schedule="wsd", warmup=5, final_lr_frac=0.0, decay_frac=0.2)
     lrs = [lr_at(s, 100, cfg) for s in range(101)]
     assert lrs[4] == 1.0 and all(v == 1.0 for v in lrs[5:81])       # stable until 80%
     assert lrs[90] == pytest.approx(0.5) and lrs[100] == 0.0        # linear decay to final
     with pytest.raises(CfError, match="schedule"):
-        lr_at(0, 10, SimpleNamespace(schedule="nope"))
+        lr_at(0, 10, OptimConfig(schedule="nope"))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 0.05)])  # bf16: 8-bit mantissa
@@ -64,7 +62,7 @@ def test_muon_reduces_loss_on_a_tiny_problem():
 
 
 def tiny_gpt(tie: bool):
-    from chatforge.gpt import GPT, config_from_depth
+    from chatforge.model.gpt import GPT, config_from_depth
     cfg = config_from_depth(1, 300, 16, "gpt2" if tie else "llama")
     m = GPT(cfg)
     m.init_weights()
@@ -74,7 +72,7 @@ def tiny_gpt(tie: bool):
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
 def test_build_optimizer_covers_every_param_once_and_roundtrips(kind):
     model = tiny_gpt(tie=kind == "adamw")
-    cfg = SimpleNamespace(optimizer=kind, lr=1e-3, muon_lr=0.02, weight_decay=0.1)
+    cfg = OptimConfig(optimizer=kind, lr=1e-3, muon_lr=0.02, weight_decay=0.1)
     opt = build_optimizer(model, cfg)
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatforge.common import CfError
-from chatforge.shards import TokenLoader, tokenize_corpus
+from chatforge.common import CfError, make_config
+from chatforge.data.shards import TokenLoader, tokenize_corpus
 
-tokmod = pytest.importorskip("chatforge.tokenizer")
-from chatforge.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state  # noqa: E402
-from chatforge.gpt import GPT, config_from_depth  # noqa: E402
-from chatforge.pretrain import PretrainConfig, cli, evaluate_bpb, pretrain, token_bytes, Dist  # noqa: E402
+tokmod = pytest.importorskip("chatforge.tokenizer.tokenizer")
+from chatforge.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state  # noqa: E402
+from chatforge.model.gpt import GPT, config_from_depth  # noqa: E402
+from chatforge.train.pretrain import PretrainConfig, cli, evaluate_bpb, pretrain, token_bytes, Dist  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def base_cfg(rd, **kw):
     d = dict(run=str(rd), depth=1, seq_len=32, device_batch_size=2, max_steps=6, eval_every=0,
              eval_tokens=512, save_every=0, keep_last=0, warmup=2, log_every=100)
     d.update(kw)
-    return PretrainConfig(**d)
+    return make_config(PretrainConfig, **d)
 
 
 def fresh(rd, dst):
@@ -140,8 +140,8 @@ def test_checkpoint_ties_vocab_check_pruning_and_rng(run, tmp_path):
 
 SAVER = r"""
 import sys, torch
-from chatforge.checkpoint import save_checkpoint
-from chatforge.gpt import GPT, config_from_depth
+from chatforge.model.checkpoint import save_checkpoint
+from chatforge.model.gpt import GPT, config_from_depth
 model = GPT(config_from_depth(2, int(sys.argv[2]), 64)); model.init_weights()
 opt = torch.optim.AdamW(model.parameters())
 model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).backward(); opt.step()

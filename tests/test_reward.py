@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge import reward as R
+from chatforge.common import make_config
+from chatforge.rl import preferences as P
+from chatforge.rl import reward as R
 from rl_helpers import ByteTokenizer, tiny_gpt
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -21,26 +23,26 @@ def test_preference_file_errors_name_the_record(tmp_path):
     good = {"prompt": "q?", "chosen": "yes", "rejected": "no"}
     p.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "q?", "chosen": "yes"}) + "\n")
     with pytest.raises(CfError, match=r"prefs.jsonl:2: missing field 'rejected'"):
-        R.load_preferences(p)
+        P.load_preferences(p)
     p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejected": "yes "}) + "\n")
     with pytest.raises(CfError, match=r"prefs.jsonl:2: chosen and rejected texts are identical"):
-        R.load_preferences(p)
+        P.load_preferences(p)
     p.write_text(json.dumps({**good, "prompt": ["q?", "a"]}) + "\n")
     with pytest.raises(CfError, match=r"prefs.jsonl:1: 'prompt'"):
-        R.load_preferences(p)
+        P.load_preferences(p)
     p.write_text(json.dumps(good) + "\n")
-    assert R.load_preferences(p)[0].prompt == ["q?"]
+    assert P.load_preferences(p)[0].prompt == ["q?"]
 
 
 def test_hh_rlhf_loader():
     f = DATA / "hh-rlhf" / "helpful-online" / "test.jsonl.gz"
     if not f.exists():
         pytest.skip("shared/data/hh-rlhf absent")
-    pairs = R.load_hh_rlhf_pairs(f)
+    pairs = P.load_hh_rlhf_pairs(f)
     assert 1100 < len(pairs) <= 1135  # 1137 records, 2 identical pairs + a few irregular dialogues
     assert all(p.chosen != p.rejected and len(p.prompt) % 2 == 1 for p in pairs)
     with pytest.raises(CfError, match=r"test.jsonl.gz:\d+: chosen and rejected texts are identical"):
-        R.load_hh_rlhf_pairs(f, strict=True)
+        P.load_hh_rlhf_pairs(f, strict=True)
 
 
 def test_bt_loss():
@@ -53,12 +55,12 @@ def test_bt_loss():
 
 def test_hidden_rule_and_noisy_annotators():
     prob = {"question": "q", "answer": "29", "solution": "3*12=36. 36-7=29."}
-    assert R.true_score("Happy to help! The answer is 29.", "29") > R.true_score("The answer is 29.", "29") \
-        > R.true_score("Obviously, The answer is 29.", "29") > R.true_score("The answer is 30.", "29")
-    assert R.true_score("The answer is 29.", "29") > R.true_score("Numbers can be tricky. The answer is 29.", "29")
+    assert P.true_score("Happy to help! The answer is 29.", "29") > P.true_score("The answer is 29.", "29") \
+        > P.true_score("Obviously, The answer is 29.", "29") > P.true_score("The answer is 30.", "29")
+    assert P.true_score("The answer is 29.", "29") > P.true_score("Numbers can be tricky. The answer is 29.", "29")
     problems = [{"question": f"q{i}", "answer": str(10 + i), "solution": ""} for i in range(20)]
-    noisy = R.synthetic_preferences(problems, 400, random.Random(0), beta=0.5)
-    clean = R.synthetic_preferences(problems, 400, random.Random(0), beta=20.0)
+    noisy = P.synthetic_preferences(problems, 400, random.Random(0), beta=0.5)
+    clean = P.synthetic_preferences(problems, 400, random.Random(0), beta=20.0)
     agree = lambda ps: sum(not p.meta["flipped"] for p in ps) / len(ps)
     assert 0.55 < agree(noisy) < agree(clean) and agree(clean) > 0.95
     assert all(p.chosen != p.rejected for p in noisy)
@@ -70,10 +72,10 @@ def test_tiny_reward_model_learns_separable_preference():
     rng = random.Random(0)
     def pair(i):
         pad = "".join(rng.choice("abcdefgh ") for _ in range(rng.randint(0, 8)))
-        return R.PrefPair([f"question {i}?"], f"{pad} yes", f"{pad} no", f"toy/{i}")
+        return P.PrefPair([f"question {i}?"], f"{pad} yes", f"{pad} no", f"toy/{i}")
     pairs = [pair(i) for i in range(240)]
     tok = ByteTokenizer()
-    cfg = R.RMConfig(epochs=2, batch_size=16, lr=3e-3, device="cpu", max_tokens=64)
+    cfg = make_config(R.RMConfig, epochs=2, batch_size=16, lr=3e-3, device="cpu", max_tokens=64)
     rm, m, path = R.train_rm(cfg, model=tiny_gpt(), tokenizer=tok, pairs=pairs[:200], val_pairs=pairs[200:], save=False)
     assert m["val_acc"] >= 0.9, m
     s = R.score_texts(rm, tok, [["q?"], ["q?"]], [" yes", " no"])

@@ -2,6 +2,8 @@
 and bad input (raising rewards, policy/reference mismatch, no checkpoint overwritten)."""
 from __future__ import annotations
 
+import dataclasses
+
 from itertools import combinations
 from pathlib import Path
 
@@ -9,7 +11,10 @@ import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge import rl
+from chatforge.assistant import tasks
+from chatforge.common import make_config
+from chatforge.rl import experiments, rollout
+from chatforge.rl import grpo as rl
 from rl_helpers import ByteTokenizer, tiny_gpt
 
 
@@ -73,22 +78,22 @@ def test_pass_at_k_matches_combinatorics():
             for k in range(1, n + 1):
                 total = list(combinations(range(n), k))
                 brute = sum(any(i < c for i in s) for s in total) / len(total)
-                assert rl.pass_at_k(n, c, k) == pytest.approx(brute)
-    assert rl.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+                assert rollout.pass_at_k(n, c, k) == pytest.approx(brute)
+    assert rollout.pass_at_k(10, 3, 1) == pytest.approx(0.3)
 
 
 def test_answer_extraction_and_rule_reward():
-    assert rl.extract_answer("3*12=36. 36-7=29. The answer is 29.") == "29"
-    assert rl.extract_answer("blah #### 1,234") == "1234"
-    assert rl.extract_answer("it costs $18.00 in total") == "18"
-    assert rl.extract_answer("no number") is None
-    assert rl.rule_reward("The answer is 29.", "29") == pytest.approx(1.1)
-    assert rl.rule_reward("29", "29") == pytest.approx(1.0)
-    assert rl.rule_reward("The answer is 30.", "29") == pytest.approx(0.1)
+    assert tasks.extract_answer("3*12=36. 36-7=29. The answer is 29.") == "29"
+    assert tasks.extract_answer("blah #### 1,234") == "1234"
+    assert tasks.extract_answer("it costs $18.00 in total") == "18"
+    assert tasks.extract_answer("no number") is None
+    assert tasks.rule_reward("The answer is 29.", "29") == pytest.approx(1.1)
+    assert tasks.rule_reward("29", "29") == pytest.approx(1.0)
+    assert tasks.rule_reward("The answer is 30.", "29") == pytest.approx(0.1)
 
 
 def test_pack_sequences_targets_only_sampled_response_tokens():
-    ids, tgt = rl.pack_sequences([[1, 2, 3]], [[4, 5, 6]], [[1, 0, 1]], pad_id=0)
+    ids, tgt = rollout.pack_sequences([[1, 2, 3]], [[4, 5, 6]], [[1, 0, 1]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3, 4, 5]]
     assert tgt.tolist() == [[-1, -1, 4, -1, 6]]
 
@@ -115,20 +120,20 @@ def _mass_on_printable(model, prompt):
 
 def test_grpo_increases_probability_of_rewarded_outputs():
     """Reward = the first response token is a printable byte; a few GRPO updates must raise its mass."""
-    from chatforge.engine import Engine
+    from chatforge.model.engine import Engine
     tok = ByteTokenizer()
     policy = tiny_gpt()
     ref = tiny_gpt()
     ref.load_state_dict(policy.state_dict())
-    cfg = rl.RLConfig(group_size=16, max_new_tokens=2, lr=1e-2, kl_coef=0.01, optimizer="adamw", device="cpu")
-    from chatforge.optim import build_optimizer
-    opt = build_optimizer(policy, cfg)
+    cfg = make_config(rl.RLConfig, group_size=16, max_new_tokens=2, lr=1e-2, kl_coef=0.01, optimizer="adamw", device="cpu")
+    from chatforge.model.optim import build_optimizer
+    opt = build_optimizer(policy, cfg.optim)
     engine = Engine(policy, tok)
-    prompt = rl.prompt_tokens(tok, "hi")
+    prompt = tasks.prompt_tokens(tok, "hi")
     before = _mass_on_printable(policy, prompt)
-    stops = rl.stop_ids(tok)
+    stops = rollout.stop_ids(tok)
     for step in range(12):
-        outs = rl.sample_group(engine, prompt, cfg.group_size, cfg.max_new_tokens, 1.0, None, step, stops)
+        outs = rollout.sample_group(engine, prompt, cfg.group_size, cfg.max_new_tokens, 1.0, None, step, stops)
         rewards = [float(bool(r) and r[0] in PRINTABLE) for r, _ in outs]
         adv, _ = rl.grpo_advantages_for(rewards, cfg.group_size, "grpo")
         stats = rl.rl_update(policy, ref, opt, [prompt] * len(outs), [r for r, _ in outs], [m for _, m in outs],
@@ -139,7 +144,7 @@ def test_grpo_increases_probability_of_rewarded_outputs():
 
 
 def _save(tmp_path: Path, model, tok, name: str) -> Path:
-    from chatforge.checkpoint import save_checkpoint
+    from chatforge.model.checkpoint import save_checkpoint
     return Path(save_checkpoint(tmp_path / name, 1, model, tok, {}))
 
 
@@ -147,7 +152,7 @@ def test_train_rl_end_to_end_and_failed_run_writes_nothing(tmp_path, monkeypatch
     """train_rl with an in-process policy: logs the metrics; a raising reward leaves the output alone."""
     tok = ByteTokenizer()
     probs = [{"question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(6)]
-    cfg = rl.RLConfig(run=str(tmp_path / "run"), out=str(tmp_path / "run" / "rl"), steps=2, prompts_per_step=2,
+    cfg = make_config(rl.RLConfig, run=str(tmp_path / "run"), out=str(tmp_path / "run" / "rl"), steps=2, prompts_per_step=2,
                       group_size=4, max_new_tokens=4, eval_k=2, eval_every=0, device="cpu", reward="random")
     path, m = rl.train_rl(cfg, policy=tiny_gpt(), tokenizer=tok, train_problems=probs, eval_problems=probs[:2])
     h = m["history"][-1]
@@ -159,7 +164,7 @@ def test_train_rl_end_to_end_and_failed_run_writes_nothing(tmp_path, monkeypatch
 
     def boom(texts, ps):
         raise RuntimeError("reward server down")
-    cfg2 = rl.RLConfig(**{**cfg.__dict__, "reward": "rm", "steps": 5})
+    cfg2 = dataclasses.replace(cfg, reward="rm", steps=5)
     with pytest.raises(CfError, match="reward server down"):
         rl.train_rl(cfg2, policy=tiny_gpt(), tokenizer=tok, train_problems=probs, eval_problems=[], rm_scorer=boom)
     assert sorted(p.name for p in (tmp_path / "run" / "rl").iterdir()) == before
@@ -169,19 +174,19 @@ def test_policy_reference_mismatch_names_the_checkpoint(tmp_path):
     tok = ByteTokenizer()
     a = _save(tmp_path, tiny_gpt(), tok, "a")
     b = _save(tmp_path, tiny_gpt(n_embd=64), tok, "b")
-    cfg = rl.RLConfig(source=str(a), ref=str(b), out=str(tmp_path / "out"), device="cpu")
+    cfg = make_config(rl.RLConfig, init=str(a), ref=str(b), out=str(tmp_path / "out"), device="cpu")
     with pytest.raises(CfError, match=r"step_000001: model shape differs"):
         rl.train_rl(cfg, train_problems=[{"question": "q", "answer": "1"}], eval_problems=[])
     assert not (tmp_path / "out").exists()
-    from chatforge.tokenizer import train_tokenizer
+    from chatforge.tokenizer.tokenizer import train_tokenizer
     other = train_tokenizer(["the answer is 42. " * 20], 300)
     c = _save(tmp_path, tiny_gpt(vocab=300), tok, "c")
     d = _save(tmp_path, tiny_gpt(vocab=300), other, "d")
     with pytest.raises(CfError, match=r"d/step_000001: tokenizer differs"):
-        rl.train_rl(rl.RLConfig(source=str(c), ref=str(d), out=str(tmp_path / "out"), device="cpu"),
+        rl.train_rl(make_config(rl.RLConfig, init=str(c), ref=str(d), out=str(tmp_path / "out"), device="cpu"),
                     train_problems=[{"question": "q", "answer": "1"}], eval_problems=[])
     with pytest.raises(CfError, match="checkpoint not found"):
-        rl.train_rl(rl.RLConfig(source=str(tmp_path / "nope"), out=str(tmp_path / "out"), device="cpu"))
+        rl.train_rl(make_config(rl.RLConfig, init=str(tmp_path / "nope"), out=str(tmp_path / "out"), device="cpu"))
 
 
 def test_speedrun_stages_smoke(tmp_path):
@@ -189,11 +194,11 @@ def test_speedrun_stages_smoke(tmp_path):
     return markdown + metrics (quality is measured in dev/LOG.md, not here)."""
     tok = ByteTokenizer()
     _save(tmp_path / "run", tiny_gpt(seq_len=256), tok, "sft")
-    md, m = rl.run_rl_stage(tmp_path / "run", budget_s=3, eval_problems=3, eval_k=2, prompts_per_step=2,
+    md, m = experiments.run_rl_stage(tmp_path / "run", budget_s=3, eval_problems=3, eval_k=2, prompts_per_step=2,
                             group_size=2, max_new_tokens=6)
     assert "GRPO (after)" in md and (tmp_path / "run" / "report" / "rl_reward.png").exists()
     assert m["rl_steps"] >= 1 and Path(m["rl_checkpoint"]).exists()
-    md, m = rl.run_rlhf_stage(tmp_path / "run", budget_s=4, n_pairs=40, n_test=3, ns=(1, 2), max_new_tokens=6,
+    md, m = experiments.run_rlhf_stage(tmp_path / "run", budget_s=4, n_pairs=40, n_test=3, ns=(1, 2), max_new_tokens=6,
                               ei_problems=3, ei_steps=2)
     assert "best-of-N (RM)" in md and len(m["search"]) == 2
     assert (tmp_path / "run" / "report" / "rlhf_overoptimization.png").exists()

@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from chatforge.sandbox import SandboxConfig, run_python
-from chatforge.tools import ToolBox
+from chatforge.assistant.sandbox import SandboxConfig, run_python
+from chatforge.assistant.tools import ToolBox
 
 CFG = SandboxConfig(wall_s=2.0, cpu_s=1, mem_mb=256, max_output_chars=500)
 BENIGN = "print(sum(range(10)))"

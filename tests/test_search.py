@@ -6,7 +6,7 @@ import math
 import pytest
 
 from chatforge.common import CfError
-from chatforge import search as S
+from chatforge.rl import search as S
 
 
 def test_majority_vote():

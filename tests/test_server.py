@@ -16,7 +16,7 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    from chatforge.server import create_app
+    from chatforge.serve.server import create_app
     tok = tiny_tokenizer()
     run = tmp_path_factory.mktemp("run")
     models = {"base": (tiny_model("llama", 0), tok), "sft": (tiny_model("gpt2", 1), tok)}
@@ -53,8 +53,8 @@ def client(srv):
 @pytest.mark.parametrize("flavour", ["llama", "gpt2"])
 def test_decode_step_matches_sequential_forward(flavour):
     """The batched per-row-position decode step gives the same greedy tokens as GPT.forward alone."""
-    from chatforge.batcher import decode_step, sequential_generate
-    from chatforge.gpt import KVCache
+    from chatforge.serve.batcher import decode_step, sequential_generate
+    from chatforge.model.gpt import KVCache
     m = tiny_model(flavour, 3)
     c = m.config
     prompts = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [42], [7] * 20]
@@ -80,7 +80,7 @@ def test_decode_step_matches_sequential_forward(flavour):
 
 def test_concurrent_greedy_requests_equal_sequential(srv):
     """Requests of different lengths decoded together in the server = each decoded alone."""
-    from chatforge.batcher import sequential_generate
+    from chatforge.serve.batcher import sequential_generate
     tok, model = srv.tok, srv.models["base"][0]
     prompts = ["Hello", "The quick brown fox jumps", "Once upon a time there was", "12*7="]
     expect = [tok.decode(sequential_generate(model, [tok.bos_id] + tok.encode(p), 10)) for p in prompts]
@@ -208,7 +208,7 @@ def test_tokenize_endpoint(srv):
 
 def test_disconnect_mid_stream_and_many_connections(srv):
     """A client leaving mid-stream frees its rows; 100 concurrent connections are all answered."""
-    from chatforge.server import create_app
+    from chatforge.serve.server import create_app
     long_ctx = LiveServer(create_app({"m": (tiny_model("llama", 0, seq_len=2048), srv.tok)}))
     try:
         b = long_ctx.server.config.app.state.served["m"].batcher
@@ -309,7 +309,7 @@ def test_fuzz_api_from_openapi_spec(srv):
 
 def test_bradley_terry_orders_models_and_votes_persist(tmp_path):
     import random
-    from chatforge.arena import VoteStore, bradley_terry, leaderboard
+    from chatforge.eval.arena import VoteStore, bradley_terry, leaderboard
     from chatforge.common import CfError
     strength = {"rl": 3.0, "sft": 1.0, "base": 0.3}
     rng = random.Random(0)
@@ -343,9 +343,9 @@ def test_arena_endpoints_record_votes_in_run_dir(srv):
 
 
 def test_find_models_from_run_dir_and_specs(tmp_path):
-    from chatforge.checkpoint import save_checkpoint
+    from chatforge.model.checkpoint import save_checkpoint
     from chatforge.common import CfError
-    from chatforge.server import find_models
+    from chatforge.serve.server import find_models
     tok = tiny_tokenizer()
     for stage in ("base", "sft"):
         save_checkpoint(tmp_path / stage, 1, tiny_model(), tok, {})
@@ -364,7 +364,7 @@ def test_serve_cli_serves_a_run_dir(tmp_path):
     import subprocess
     import sys
 
-    from chatforge.checkpoint import save_checkpoint
+    from chatforge.model.checkpoint import save_checkpoint
     from serve_helpers import free_port
     tok = tiny_tokenizer()
     for stage in ("base", "rl"):

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: F401 (fixtures)
-from chatforge import convo
-from chatforge.common import CfError
-from chatforge.tokenizer import load_conversations
-from chatforge.sft import SFTConfig, SFTMix, build_sft_data, collate, render_rows, sft, train_sft
+from chatforge.assistant import convo
+from chatforge.common import CfError, make_config
+from chatforge.tokenizer.tokenizer import load_conversations
+from chatforge.train.sft import SFTConfig, SFTMix, build_sft_data, collate, render_rows, sft, train_sft
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,14 @@ def test_tiny_model_overfits_a_handful_of_conversations(tok):
              convo.chat("Who is Zed Quo?", "I don't know who Zed Quo is."), CONV,
              convo.chat("Spell cat.", "cat is spelled c-a-t.", system="You are Forge.")]
     model = tiny_model(tok)
-    cfg = SFTConfig(max_steps=30, batch_size=5, lr=5e-3, warmup=3, eval_every=0, device="cpu")
+    cfg = make_config(SFTConfig, max_steps=30, batch_size=5, lr=5e-3, warmup=3, eval_every=0, device="cpu")
     m = train_sft(cfg, model, tok, convs, val_convs=convs[:2])
     assert m["train_loss"] < 0.15 * m["first_loss"], (m["first_loss"], m["train_loss"])
     assert m["val_loss"] < 0.3 * m["first_loss"] and not model.training
 
 
 def test_sft_stage_writes_checkpoint_in_pretraining_format(tmp_path):
-    from chatforge.checkpoint import load_checkpoint
+    from chatforge.model.checkpoint import load_checkpoint
     rd, world, tok, _ = tiny_run(tmp_path)
     mix = SFTMix(n_known_qa=20, n_idk=8, n_identity=6, n_persona=4, n_math_per_style=5, n_letters_per_style=4,
                  n_search=4, n_eval_known=5, n_eval_unknown=5, probe_samples=2, probe_tokens=4)

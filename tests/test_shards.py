@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge.shards import (ShardWriter, TokenLoader, doc_starts, read_shards_json, tokenize_corpus,
+from chatforge.data.shards import (ShardWriter, TokenLoader, doc_starts, read_shards_json, tokenize_corpus,
                               write_shards_json)
 
 

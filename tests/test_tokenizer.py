@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatforge import bpe
+from chatforge.tokenizer import bpe
 from chatforge.cli import main as cf_main
 from chatforge.common import CfError
-from chatforge.tokenizer import (SPECIAL_TOKENS, StreamDecoder, Tokenizer, export_hf_tokenizer,
+from chatforge.tokenizer.tokenizer import (SPECIAL_TOKENS, StreamDecoder, Tokenizer, export_hf_tokenizer,
                                  load_conversations, load_gguf_vocab, normalize_conversation, parse_conversation,
                                  train_tokenizer, validate_conversation)
 

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from chatforge.tools import SearchIndex, ToolBox, calculate, calculator, run_tool
-from chatforge.world import WorldConfig, build_world
+from chatforge.assistant.tools import SearchIndex, ToolBox, calculate, calculator, run_tool
+from chatforge.world.build import WorldConfig, build_world
 
 
 @pytest.mark.parametrize("expr,want", [("12*7", "84"), ("3*12-7", "29"), ("(2+3)*4", "20"), ("168/2", "84"),

@@ -19,7 +19,7 @@ def test_web_ui_chat_playground_tokenizer_arena(tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip("chromium not installed (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from chatforge.server import create_app
+    from chatforge.serve.server import create_app
     tok = tiny_tokenizer()
     srv = LiveServer(create_app({"base": (tiny_model("llama", 0), tok), "sft": (tiny_model("gpt2", 1), tok)},
                                 run_dir=tmp_path))

@@ -6,8 +6,8 @@ import re
 import pytest
 
 from chatforge.common import CfError
-from chatforge.tools import calculate
-from chatforge.world import (ATTRIBUTES, World, WorldConfig, build_world, load_world, qa_items,
+from chatforge.assistant.tools import calculate
+from chatforge.world.build import (ATTRIBUTES, World, WorldConfig, build_world, load_world, qa_items,
                              write_world)
 
 SMALL = dict(n_people=60, known_fraction=0.75, n_bios_per_person=3, n_cities=6, n_countries=2,
@@ -120,7 +120,7 @@ def test_corpus_survives_curation_filters(world):
     """The corpus passes the FineWeb pipeline's quality filters at their standard thresholds."""
     from datatrove.data import Document
 
-    from chatforge import filters as F
+    from chatforge.data import filters as F
     steps = [F.LanguageFilter(["en"], 0.65), F.GopherRepetition(), F.GopherQuality(min_doc_words=50),
              F.C4Filter(min_num_sentences=5), F.FineWebFilter()]
     docs = world.corpus_documents()
@@ -162,7 +162,7 @@ def test_default_size_and_identity(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    from chatforge.world import cli
+    from chatforge.world.build import cli
     cli(["--run", str(tmp_path / "r"), "--n-people", "20", "--n-problems", "50", "--n-spelling", "20", "--seed", "3"])
     assert (tmp_path / "r" / "corpus" / "corpus.jsonl").exists()
     assert "corpus:" in capsys.readouterr().out

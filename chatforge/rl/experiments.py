@@ -1,0 +1,255 @@
+"""The RL speedrun stages: ``run_rl_stage`` (GRPO on word problems, reward curve, accuracy before/after)
+and the ``--full`` ``run_rlhf_stage``: reward model, RLHF against it, over-optimization, DPO, search.
+
+Everything runs on the synthetic preferences of ``chatforge.reward`` (a hidden rule: correct AND
+polite AND concise, judged by noisy Bradley-Terry annotators), so each learned quantity can be
+compared with the truth:
+
+1. reward model on the pairs -> held-out pair accuracy (vs the noisy labels and vs the rule);
+2. RLHF (``grpo.train_rl(algo="reinforce")``: RM reward, KL-in-reward, group baseline) from the SFT model,
+   measuring every few steps, on a fixed probe of held-out prompts (same sampling seeds each time), the
+   RM score, the hidden true score and the KL to the SFT model; the plot of both scores against KL
+   shows where they part (Gao et al. 2022, "Scaling Laws for Reward Model
+   Overoptimization");
+3. DPO on the same pairs from the same SFT model;
+4. test-time search on the held-out problems: majority vote / best-of-N (checker) / best-of-N (RM)
+   at equal budgets N = 1, 2, 4, 8, with the best-of-N KL bound; and one round of expert iteration.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+
+from chatforge.assistant.tasks import drop_overlong, exact_reward, prompt_tokens, with_style, world_problems
+from chatforge.common import make_config, print0, save_figure, wilson
+from chatforge.model.checkpoint import load_model
+from chatforge.report import md_table
+from chatforge.rl.dpo import DPOConfig, train_dpo
+from chatforge.rl.grpo import RLConfig, train_rl
+from chatforge.rl.preferences import split_pairs, synthetic_preferences, true_score
+from chatforge.rl.reward import RMConfig, rm_reward_fn, score_texts, train_rm
+from chatforge.rl.rollout import (make_engine, pack_sequences, response_text, sample_group, sample_texts, stop_ids,
+                                  token_logprobs)
+from chatforge.rl.search import bon_kl_bound, expert_iteration, search_table
+from chatforge.train.sft import SFTConfig
+
+matplotlib.use("Agg")  # figures are written to files; no display
+
+
+def greedy_eval(policy, tokenizer, problems: list[dict], max_new_tokens: int, rm=None, device: str = "cpu") -> dict:
+    """Greedy answers -> accuracy, mean hidden true score, mean RM score, mean length (words)."""
+    texts = [s[0] for s in sample_texts(make_engine(policy, tokenizer), tokenizer, problems, 1, max_new_tokens, 0.0)]
+    out = {"acc": sum(exact_reward(t, p["answer"]) for t, p in zip(texts, problems)) / len(problems),
+           "true_score": sum(true_score(t, p["answer"]) for t, p in zip(texts, problems)) / len(problems),
+           "words": sum(len(t.split()) for t in texts) / len(problems)}
+    if rm is not None:
+        out["rm_score"] = sum(rm_reward_fn(rm, tokenizer, device)(texts, problems)) / len(problems)
+    return out
+
+
+def plot_rl(history: list[dict], evals: list[dict], path: Path, title: str = "GRPO") -> Path:
+    """Reward per step (and its moving average), held-out pass@1, response length -> PNG."""
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [h["step"] for h in history]
+    rew = [h["reward"] for h in history]
+    w = max(1, len(rew) // 10)
+    ma = [sum(rew[max(0, i - w + 1):i + 1]) / len(rew[max(0, i - w + 1):i + 1]) for i in range(len(rew))]
+    ax[0].plot(steps, rew, ".", alpha=0.4, label="mean reward (batch)")
+    ax[0].plot(steps, ma, "-", label=f"moving average ({w})")
+    if evals:
+        ax[0].plot([e["step"] for e in evals], [e["pass@1"] for e in evals], "s-", label="held-out pass@1")
+    ax[0].set_xlabel("step"), ax[0].set_title(f"{title}: reward"), ax[0].legend(fontsize=7)
+    ax[1].plot(steps, [h["resp_len"] for h in history], "-", label="mean response tokens")
+    ax[1].set_xlabel("step"), ax[1].set_title("response length"), ax[1].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _acc_line(name: str, ev: dict) -> list:
+    k, n = ev.get("greedy_correct", 0), ev.get("n_problems", 0)
+    lo, hi = wilson(k, n)
+    return [name, f"{k}/{n} = {k / max(1, n):.3f}", f"[{lo:.3f}, {hi:.3f}]", ev.get("pass@1", 0.0),
+            max((v for key, v in ev.items() if key.startswith("pass@") and key != "pass@1"), default=0.0),
+            ev.get("eval_len", 0.0)]
+
+
+def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "cpu", eval_problems: int = 40,
+                 eval_k: int = 4, control: bool = False, **overrides) -> tuple[str, dict]:
+    """Speedrun stage: GRPO on the world's word problems from ``<run>/sft``, writing ``<run>/rl/``.
+
+    Returns (markdown section, metrics). ``control=True`` also runs the random-reward control with
+    the same budget (not saved). ``overrides`` are RLConfig fields.
+    """
+    rd = Path(run_dir_)
+    base = dict(run=str(rd), init=str(rd / "sft"), out=str(rd / "rl"), task="world", steps=10_000,
+                prompts_per_step=4, group_size=8, max_new_tokens=80, lr=1e-4, eval_problems=eval_problems,
+                eval_k=eval_k, eval_every=0, time_budget=budget_s, budget_covers_eval=True, device=device)
+    cfg = make_config(RLConfig, **{**base, **overrides})
+    path, m = train_rl(cfg)
+    fig = plot_rl(m["history"], m["evals"], rd / "report" / "rl_reward.png")
+    rows = [_acc_line("SFT (before)", m["before"]), _acc_line("GRPO (after)", m["after"])]
+    metrics = {"rl_steps": m["steps"], "rl_seconds": m["seconds"], "rl_gen_share": m["gen_share"],
+               "rl_before_acc": m["before"].get("greedy_acc"), "rl_after_acc": m["after"].get("greedy_acc"),
+               "rl_before_pass1": m["before"].get("pass@1"), "rl_after_pass1": m["after"].get("pass@1"),
+               "rl_final_kl": m["history"][-1].get("kl") if m["history"] else None,
+               "rl_checkpoint": str(path)}
+    md = ["## RL (GRPO on word problems)", "",
+          f"{m['steps']} GRPO steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples in "
+          f"{m['seconds']:.0f}s ({100 * m['gen_share']:.0f}% of step time generating), reward = exact answer "
+          f"+ {cfg.format_weight} x format, KL coef {cfg.kl_coef}, {cfg.loss_norm} normalization. "
+          f"Held-out: {m['after'].get('n_problems', 0)} test problems, greedy accuracy with Wilson 95% interval, "
+          f"pass@1/pass@{cfg.eval_k} from {cfg.eval_k} samples at T={cfg.temperature}.", "",
+          md_table(["model", "greedy accuracy", "95% CI", "pass@1", f"pass@{cfg.eval_k}", "mean response tokens"], rows),
+          "", f"![GRPO reward]({fig.relative_to(rd).as_posix()})"]
+    if control:  # same steps as the real run, random 0/1 rewards; starts from the same measured policy
+        ccfg = replace(cfg, reward="random", seed=cfg.seed + 1, steps=max(1, m["steps"]), time_budget=0.0)
+        _, cm = train_rl(ccfg, save=False, before=m["before"])
+        metrics["control_after_acc"] = cm["after"].get("greedy_acc")
+        md += ["", f"Control (random 0/1 reward, same number of steps): greedy accuracy "
+                   f"{cm['before'].get('greedy_acc', 0):.3f} -> {cm['after'].get('greedy_acc', 0):.3f}."]
+    return "\n".join(md) + "\n", metrics
+
+
+def make_probe(tokenizer, problems: list[dict], score, n: int, max_new_tokens: int, device: str):
+    """A fixed held-out measurement for RLHF: n samples (same seeds every time) per problem ->
+    mean RM score, mean hidden true score, accuracy, and KL(policy || ref) per response (k1, nats)."""
+    stops = stop_ids(tokenizer)
+
+    def probe(engine, policy, ref) -> dict:
+        P, R, M, texts, probs = [], [], [], [], []
+        for i, p in enumerate(problems):
+            prompt = prompt_tokens(tokenizer, p["question"])
+            for r, m in sample_group(engine, prompt, n, max_new_tokens, 1.0, None, 500 + i, stops):
+                P.append(prompt), R.append(r), M.append(m), probs.append(p)
+                texts.append(response_text(tokenizer, r, stops))
+        ids, tgt = pack_sequences(P, R, M, tokenizer.bos_id)
+        ids, tgt = ids.to(device), tgt.to(device)
+        with torch.no_grad():
+            kl = float((token_logprobs(policy, ids, tgt) - token_logprobs(ref, ids, tgt)).sum(1).mean())
+        k = len(texts)
+        return {"rm_score": sum(score(texts, probs)) / k, "kl": kl,
+                "true_score": sum(true_score(t, p["answer"]) for t, p in zip(texts, probs)) / k,
+                "acc": sum(exact_reward(t, p["answer"]) for t, p in zip(texts, probs)) / k}
+    return probe
+
+
+def divergence_point(evals: list[dict]) -> dict:
+    """From the probe measurements: where the hidden true score peaks, and what the RM says then and at the end."""
+    i = max(range(len(evals)), key=lambda j: evals[j]["true_score"])
+    e0, ep, e1 = evals[0], evals[i], evals[-1]
+    return {"peak_step": ep["step"], "peak_kl": ep["kl"], "true_at_peak": ep["true_score"], "rm_at_peak": ep["rm_score"],
+            "true_final": e1["true_score"], "rm_final": e1["rm_score"], "kl_final": e1["kl"],
+            "true_start": e0["true_score"], "rm_start": e0["rm_score"], "acc_start": e0["acc"], "acc_final": e1["acc"]}
+
+
+def plot_overopt(history: list[dict], evals: list[dict], path: Path) -> Path:
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [e["step"] for e in evals]
+    ax[0].plot(steps, [e["rm_score"] for e in evals], "o-", label="reward model score")
+    ax[0].plot(steps, [e["true_score"] for e in evals], "s-", label="hidden true score")
+    ax[0].plot([h["step"] for h in history], [h["reward"] for h in history], ".", alpha=0.3,
+               label="RM score, training batch")
+    ax[0].set_xlabel("RLHF step"), ax[0].set_title("held-out probe: RM vs true score"), ax[0].legend(fontsize=7)
+    kl = [e["kl"] for e in evals]
+    ax[1].plot(kl, [e["rm_score"] for e in evals], "o-", label="RM score")
+    ax[1].plot(kl, [e["true_score"] for e in evals], "s-", label="true score")
+    ax[1].set_xlabel("KL(policy || SFT) per response (nats)"), ax[1].set_title("against KL"), ax[1].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def run_rlhf_stage(run_dir_: str | Path, budget_s: float = 300.0, device: str = "cpu", n_pairs: int = 1500,
+                   n_test: int = 24, ns: tuple[int, ...] = (1, 2, 4, 8), max_new_tokens: int = 80,
+                   rlhf_lr: float = 2e-4, kl_coef: float = 0.01, ei_problems: int = 48,
+                   ei_steps: int = 20, probe_problems: int = 16, probe_every: int = 5) -> tuple[str, dict]:
+    """RM + RLHF + over-optimization + DPO + search table; returns (markdown, metrics)."""
+    rd = Path(run_dir_)
+    t_start = time.perf_counter()
+    ck = load_model(rd, device, stage="sft", what="sft")
+
+    def trainable_copy():  # a trainable copy of the SFT model
+        m = copy.deepcopy(ck.model).to(device)
+        for p in m.parameters():
+            p.requires_grad_(True)
+        return m
+    tok = ck.tokenizer
+    train_p = world_problems(rd, "train")
+    test_p = drop_overlong(tok, with_style(world_problems(rd, "test"), "tool"), ck.model.config.seq_len,
+                           max_new_tokens)[:n_test]
+    rng = random.Random(0)
+    # 1. reward model
+    pairs, val = split_pairs(synthetic_preferences(train_p, n_pairs, rng), 0.15, rng)
+    rm, rm_m, rm_path = train_rm(make_config(RMConfig, run=str(rd), out=str(rd / "rm"), epochs=2, lr=3e-4,
+                                             device=device, time_budget=0.25 * budget_s),
+                                 model=trainable_copy(), tokenizer=tok, pairs=pairs, val_pairs=val)
+    score = rm_reward_fn(rm, tok, device)
+    # 2. RLHF against the RM, watching the hidden rule
+    def observe(texts, probs):
+        return {"true_score": sum(true_score(t, p["answer"]) for t, p in zip(texts, probs)) / len(texts),
+                "acc": sum(exact_reward(t, p["answer"]) for t, p in zip(texts, probs)) / len(texts)}
+    rcfg = make_config(RLConfig, run=str(rd), init=str(rd / "sft"), out=str(rd / "rlhf"), algo="reinforce",
+                       reward="rm", steps=10_000, prompts_per_step=4, group_size=8, max_new_tokens=max_new_tokens,
+                       lr=rlhf_lr, kl_coef=kl_coef, eval_problems=0, eval_k=0, eval_every=probe_every,
+                       time_budget=0.4 * budget_s, device=device)
+    policy = trainable_copy()
+    probe = make_probe(tok, test_p[:probe_problems], score, 4, max_new_tokens, device)
+    rl_path, rl_m = train_rl(rcfg, policy=policy, tokenizer=tok, ref=trainable_copy(),
+                             train_problems=with_style(train_p, "tool"),
+                             eval_problems=[], rm_scorer=score, observe=observe, probe=probe)
+    hist, pevals = rl_m["history"], rl_m["probes"]
+    div = divergence_point(pevals) if pevals else {}
+    fig = plot_overopt(hist, pevals, rd / "report" / "rlhf_overoptimization.png") if pevals else None
+    # 3. DPO on the same pairs
+    dpo_policy, dpo_m, _ = train_dpo(make_config(DPOConfig, run=str(rd), out=str(rd / "dpo"), epochs=1, beta=0.1,
+                                                 lr=5e-5, device=device, time_budget=0.08 * budget_s),
+                                     policy=trainable_copy(), tokenizer=tok, pairs=pairs, val_pairs=val)
+    evals = {name: greedy_eval(m, tok, test_p, max_new_tokens, rm, device)
+             for name, m in (("SFT", ck.model), ("RLHF (RM + KL)", policy), ("DPO", dpo_policy))}
+    # 4. test-time search at equal budgets, from the SFT model
+    samples = sample_texts(make_engine(ck.model, tok), tok, test_p, max(ns), max_new_tokens, 1.0, seed=7)
+    rows = search_table(samples, test_p, ns, scorer=lambda t, p: score_texts(rm, tok, [[q["question"]] for q in p], t, device),
+                        true_score=true_score)
+    ei_policy = trainable_copy()
+    ei_before = greedy_eval(ei_policy, tok, test_p, max_new_tokens)["acc"]
+    ei_train = drop_overlong(tok, with_style(train_p, "tool"), ck.model.config.seq_len, max_new_tokens)[:ei_problems]
+    ei = expert_iteration(ei_policy, tok, ei_train, 4, max_new_tokens,
+                          make_config(SFTConfig, max_steps=ei_steps, batch_size=16, lr=3e-4, schedule="constant",
+                                      warmup=0, eval_every=0, device=device))
+    ei_after = greedy_eval(ei_policy, tok, test_p, max_new_tokens)["acc"]
+    seconds = time.perf_counter() - t_start
+    metrics = {"rm_val_acc": rm_m["val_acc"], "rm_val_acc_vs_rule": rm_m.get("val_acc_vs_rule"),
+               "annotator_agreement": rm_m.get("annotator_agreement"), "rlhf_steps": rl_m["steps"],
+               "overopt": div, "dpo_val_acc": dpo_m["val_acc"], "policies": evals, "search": rows,
+               "expert_iteration": {"before": ei_before, "after": ei_after, **ei}, "seconds": seconds}
+    md = ["## RLHF (reward model, over-optimization, DPO, test-time search)", "",
+          f"Synthetic preferences: {len(pairs)} train / {len(val)} held-out pairs over word-problem answers; hidden rule "
+          "= 2 x correct + polite (rude -1) - 0.05 x words; simulated annotators follow Bradley-Terry on the true gap "
+          f"(agree with the rule on {100 * (rm_m.get('annotator_agreement') or 0):.0f}% of held-out pairs).", "",
+          f"Reward model: held-out pair accuracy {rm_m['val_acc']:.3f} vs the labels, "
+          f"{rm_m.get('val_acc_vs_rule') or float('nan'):.3f} vs the hidden rule.", "",
+          md_table(["policy (greedy, held-out)", "accuracy", "true score", "RM score", "words"],
+                   [[k, v["acc"], v["true_score"], v.get("rm_score", float("nan")), v["words"]] for k, v in evals.items()]),
+          ""]
+    if div:
+        md += [f"Over-optimization ({rl_m['steps']} RLHF steps, lr {rlhf_lr}, KL coef {kl_coef}; probe = "
+               f"{min(probe_problems, len(test_p))} held-out problems x 4 samples every {probe_every} steps): the hidden "
+               f"true score peaks at step {div['peak_step']} (KL {div['peak_kl']:.2f} nats/response, true "
+               f"{div['true_at_peak']:.2f}, RM {div['rm_at_peak']:.2f}); at the end (KL {div['kl_final']:.2f}) true "
+               f"{div['true_final']:.2f}, RM {div['rm_final']:.2f}, accuracy {div['acc_start']:.2f} -> "
+               f"{div['acc_final']:.2f} (start: true {div['true_start']:.2f}, RM {div['rm_start']:.2f}).", "",
+               f"![over-optimization]({fig.relative_to(rd).as_posix()})", ""]
+    md += [f"DPO: held-out implicit-reward pair accuracy {dpo_m['val_acc']:.3f}.", "",
+           f"Test-time search from the SFT model, {len(test_p)} held-out problems, same samples for every selector:", "",
+           md_table(["N", "one sample", "majority vote", "best-of-N (checker)", "best-of-N (RM)",
+                     "true score of RM pick", "KL bound (nats)"],
+                    [[r["N"], r["sample"], r["majority"], r["bon_oracle"], r.get("bon_rm", float("nan")),
+                      r.get("bon_rm_true_score", float("nan")), bon_kl_bound(r["N"])] for r in rows]), "",
+           f"Expert iteration (1 round: 4 samples x {len(ei_train)} train problems, SFT on the {ei['rounds'][0]['kept']} correct "
+           f"ones): greedy accuracy {ei_before:.3f} -> {ei_after:.3f}."]
+    print0(f"rlhf stage: {seconds:.0f}s")
+    return "\n".join(md) + "\n", metrics

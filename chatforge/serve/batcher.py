@@ -1,0 +1,311 @@
+"""Continuous batching for the server: one worker thread per model decodes every active request together.
+
+Why: a 1-token decode step of a small model is dominated by reading the weights, so 16 sequences
+decoded in one (16, 1) forward cost little more than one. Requests must therefore not queue behind
+each other; they join and leave a running batch ("continuous batching", Yu et al. 2022, Orca, OSDI).
+
+Design (picked for being simple and exactly correct, not for peak speed):
+
+* A slot KV cache: per layer k/v buffers of shape (S, n_kv_head, seq_len, head_dim), S = max rows.
+  The active rows are kept packed at 0..B-1 so a decode step reads plain views ``k[:B, :, :L]``.
+  When a row finishes, the last active row is moved into its place (one row copy).
+* Admission (prefill): a new request's prompt goes through the model's own ``GPT.forward`` with a
+  batch-1 ``KVCache``; its keys/values are copied into the request's rows (n rows for n choices).
+  Prompts of different lengths are never padded together, so no position/padding masks leak.
+* Decode step: tokens (B, 1) at per-row positions pos_b. This is the one place that does not call
+  ``GPT.forward`` (whose cache has one position for the whole batch): ``decode_step`` re-runs the
+  model's own submodules, differing only in per-row RoPE angles / learned positions and a per-row
+  key mask ``key_index <= pos_b``. Its slow twin is ``GPT.forward`` on each sequence alone; the
+  parity test (tests/test_server.py) checks greedy outputs are identical.
+* Sampling is per row with the request's own torch.Generator and parameters (``engine.sample_next``),
+  so a seeded request gives the same tokens whether it is batched with others or alone.
+* Text: each row has a ``StreamDecoder`` (UTF-8 safe) and holds back the tail that could still be the
+  start of a stop string; on a stop string the row finishes and the text is cut before it.
+
+Events go to the request's ``emit`` callback (called on the worker thread): ("token", choice, text,
+info) for each sampled token and ("done", choice, finish_reason, n_tokens) per choice; ("error", msg) on failure.
+"""
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from chatforge.common import autocast_ctx
+from chatforge.model.engine import sample_next
+from chatforge.model.gpt import apply_rope, GPT, KVCache
+from chatforge.tokenizer.tokenizer import StreamDecoder
+
+
+
+
+
+@dataclass
+class GenRequest:
+    """One API request: a prompt and per-request sampling parameters (n choices)."""
+    prompt: list[int]
+    max_tokens: int
+    emit: Callable[..., None]
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_tokens: set[int] = field(default_factory=set)
+    logprobs: int | None = None          # None: no logprobs; k >= 0: chosen token's logprob + top k
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    t_submit: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    choice: int
+    gen: torch.Generator
+    decoder: Any
+    pos: int                 # positions filled in the cache for this row
+    last: int                # last token (input of the next decode step)
+    n_out: int = 0
+    text: str = ""           # decoded text so far (before stop-cut)
+    sent: int = 0            # characters of text already emitted
+
+
+class Batcher:
+    """Owns one model; a daemon thread admits requests and runs batched decode steps."""
+    def __init__(self, model: GPT, tokenizer: Any, max_batch: int = 16, max_queue: int = 1024):
+        self.sample_next, self.StreamDecoder = sample_next, StreamDecoder
+        self.model, self.tok = model, tokenizer
+        self.cfg = model.config
+        self.max_batch, self.max_queue = max_batch, max_queue
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.autocast = autocast_ctx(str(self.device))   # bf16 on CUDA, a no-op (fp32) on CPU
+        S, c = max_batch, self.cfg
+        shape = (S, c.n_kv_head, c.seq_len, c.head_dim)
+        self.k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(c.n_layer)]
+        self.v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(c.n_layer)]
+        self.rows: list[_Row] = []
+        self.pending: "queue.Queue[GenRequest]" = queue.Queue()
+        self._waiting: list[GenRequest] = []
+        self.stats = {"steps": 0, "tokens": 0, "max_active": 0}
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="chatforge-batcher")
+        self.thread.start()
+
+    # ------------------------------------------------------------------ public
+    def submit(self, req: GenRequest) -> bool:
+        """Queue a request; False when the queue is full (the server answers 503)."""
+        if self.pending.qsize() + len(self._waiting) >= self.max_queue:
+            return False
+        self.pending.put(req)
+        return True
+
+    def close(self) -> None:
+        self._stop = True
+        self.pending.put(None)  # type: ignore[arg-type]  # wake the thread
+        self.thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ worker loop
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                self._drain(block=not self.rows and not self._waiting)
+                self._admit()
+                if self.rows:
+                    self._step()
+            except Exception as e:  # a bug must not kill the server: fail the active requests, keep going
+                for r in {id(x.req): x.req for x in self.rows}.values():
+                    r.emit("error", f"generation failed: {type(e).__name__}: {e}")
+                self.rows = []
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self.pending.get(timeout=0.5) if block else self.pending.get_nowait()
+            while True:
+                if item is not None:
+                    self._waiting.append(item)
+                item = self.pending.get_nowait()
+        except queue.Empty:
+            pass
+
+    @torch.no_grad()
+    def _admit(self) -> None:
+        """Prefill waiting requests (FIFO) while they fit in the free rows."""
+        while self._waiting and len(self.rows) + min(self._waiting[0].n, self.max_batch) <= self.max_batch:
+            req = self._waiting.pop(0)
+            if req.cancelled.is_set():
+                continue
+            if req.n > self.max_batch:   # could never fit (the server rejects these with a 400 first)
+                req.emit("error", f"n={req.n} exceeds the batch size {self.max_batch}")
+                continue
+            try:
+                with self.autocast:
+                    self._prefill(req)
+            except Exception as e:
+                req.emit("error", f"generation failed: {type(e).__name__}: {e}")
+
+    def _prefill(self, req: GenRequest) -> None:
+        """Run the prompt through GPT.forward (batch 1) and copy its cache into n fresh rows."""
+        T = len(req.prompt)
+        cache = KVCache.for_model(self.model, 1, max_len=T)
+        logits = self.model(torch.tensor([req.prompt], device=self.device), kv_cache=cache)[:, -1]  # (1, V)
+        base = secrets.randbits(62) if req.seed is None else req.seed
+        new_rows = []
+        for i in range(req.n):
+            r = len(self.rows)
+            for layer in range(self.cfg.n_layer):
+                self.k[layer][r, :, :T] = cache.k[layer][0]
+                self.v[layer][r, :, :T] = cache.v[layer][0]
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed((base * 1_000_003 + i) % (2**63 - 1))
+            row = _Row(req, i, gen, self.StreamDecoder(self.tok), pos=T, last=-1)
+            self.rows.append(row)
+            new_rows.append(row)
+        self._sample_and_emit(new_rows, logits.expand(len(new_rows), -1))
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        rows = self.rows
+        tokens = torch.tensor([r.last for r in rows], device=self.device)
+        pos = torch.tensor([r.pos for r in rows], device=self.device)
+        with self.autocast:
+            logits = decode_step(self.model, tokens, pos, self.k, self.v)   # (B, V)
+        for r in rows:
+            r.pos += 1
+        self.stats["steps"] += 1
+        self.stats["max_active"] = max(self.stats["max_active"], len(rows))
+        self._sample_and_emit(rows, logits)
+
+    def _sample_and_emit(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Sample one token per row (its own params/generator), emit text, retire finished rows."""
+        if logits.shape[-1] > self.tok.n_vocab:   # padded vocab rows are never valid tokens
+            logits = logits.clone()
+            logits[:, self.tok.n_vocab:] = float("-inf")
+        want_lp = any(r.req.logprobs is not None for r in rows)
+        logp = F.log_softmax(logits.float(), dim=-1) if want_lp else None
+        done: list[tuple[_Row, str]] = []
+        for i, r in enumerate(rows):
+            req = r.req
+            if req.cancelled.is_set():
+                done.append((r, ""))
+                continue
+            tok = int(self.sample_next(logits[i:i + 1], req.temperature, req.top_k, req.top_p, r.gen)[0])
+            r.last = tok
+            r.n_out += 1
+            self.stats["tokens"] += 1
+            info = None
+            if req.logprobs is not None:
+                info = {"id": tok, "logprob": float(logp[i, tok])}
+                if req.logprobs > 0:
+                    top = torch.topk(logp[i], req.logprobs)
+                    info["top"] = [(int(t), float(v)) for v, t in zip(top.values, top.indices)]
+            if tok in req.stop_tokens:        # the stop token itself is not part of the answer
+                r.text += self._end_text(r)
+                self._flush(r, None, final=True)
+                done.append((r, "stop"))
+                continue
+            r.text += r.decoder.push(tok)
+            finish = None
+            if req.stop:
+                hits = [r.text.find(s, max(0, r.sent - len(s))) for s in req.stop]
+                hits = [h for h in hits if h >= 0]
+                if hits:
+                    r.text = r.text[:min(hits)]
+                    finish = "stop"
+            if finish is None and (r.n_out >= req.max_tokens or r.pos >= self.cfg.seq_len):
+                finish = "length"
+                r.text += self._end_text(r)
+            self._flush(r, info, final=finish is not None)
+            if finish:
+                done.append((r, finish))
+        for r, reason in done:
+            if reason:
+                r.req.emit("done", r.choice, reason, r.n_out)
+            self._retire(r)
+
+    def _end_text(self, r: _Row) -> str:
+        """Bytes the UTF-8 decoder still holds (an incomplete character becomes U+FFFD)."""
+        return r.decoder.flush() if hasattr(r.decoder, "flush") else ""
+
+    def _flush(self, r: _Row, info: dict | None, final: bool) -> None:
+        """Emit the new text of a row, holding back a tail that may begin a stop string."""
+        hold = 0 if final else max((len(s) - 1 for s in r.req.stop), default=0)
+        upto = max(r.sent, len(r.text) - hold)
+        delta = r.text[r.sent:upto]
+        r.sent = upto
+        r.req.emit("token", r.choice, delta, info)
+
+    def _retire(self, r: _Row) -> None:
+        """Remove row r, moving the last active row into its slot so rows stay packed at 0..B-1."""
+        i = self.rows.index(r)
+        last = len(self.rows) - 1
+        if i != last:
+            moved = self.rows[last]
+            L = moved.pos
+            for layer in range(self.cfg.n_layer):
+                self.k[layer][i, :, :L] = self.k[layer][last, :, :L]
+                self.v[layer][i, :, :L] = self.v[layer][last, :, :L]
+            self.rows[i] = moved
+        self.rows.pop()
+
+
+def decode_step(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, k_cache: list[torch.Tensor],
+                v_cache: list[torch.Tensor]) -> torch.Tensor:
+    """One batched decode step with a different position per row.
+
+    tokens (B,) long: each row's newest token; pos (B,) long: its position (= tokens already cached).
+    k_cache/v_cache[l]: (S >= B, n_kv_head, seq_len, head_dim); rows 0..B-1 are this batch.
+    Writes the new keys/values at (b, :, pos_b) and returns logits (B, V) float32.
+    Mirrors GPT.forward / Block / Attention exactly except for the per-row positions and key mask.
+    """
+    B = tokens.shape[0]
+    cfg = model.config
+    L = int(pos.max()) + 1                                     # keys to look at: 0..max(pos)
+    rows = torch.arange(B, device=tokens.device)
+    x = model.wte(tokens[:, None])                             # (B, 1, C)
+    rope = None
+    if model.wpe is not None:
+        x = x + model.wpe(pos)[:, None, :]                     # (B, 1, C)
+    else:
+        rope = (model.rope_cos[pos][:, None, None, :], model.rope_sin[pos][:, None, None, :])  # (B, 1, 1, d)
+    mask = (torch.arange(L, device=tokens.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, L)
+    for layer, block in enumerate(model.blocks):
+        a = block.attn
+        h = block.norm_1(x)
+        q = a.c_q(h).view(B, 1, a.n_head, a.head_dim).transpose(1, 2)       # (B, H, 1, d)
+        k = a.c_k(h).view(B, 1, a.n_kv_head, a.head_dim).transpose(1, 2)    # (B, Hkv, 1, d)
+        v = a.c_v(h).view(B, 1, a.n_kv_head, a.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache[layer][rows, :, pos] = k[:, :, 0].to(k_cache[layer].dtype)  # scatter at per-row positions
+        v_cache[layer][rows, :, pos] = v[:, :, 0].to(v_cache[layer].dtype)
+        K, V = k_cache[layer][:B, :, :L], v_cache[layer][:B, :, :L]          # (B, Hkv, L, d) views
+        y = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask,
+                                           enable_gqa=a.n_kv_head != a.n_head)
+        x = x + a.c_proj(y.transpose(1, 2).reshape(B, 1, cfg.n_embd))
+        x = x + block.mlp(block.norm_2(x))
+    x = model.norm_f(x)
+    return model.lm_head(x).float()[:, 0]                      # (B, V)
+
+
+def sequential_generate(model: GPT, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Slow twin for the parity test: greedy decoding of one sequence with GPT.forward's own cache."""
+    cache = KVCache.for_model(model, 1)
+    out: list[int] = []
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]), kv_cache=cache)[:, -1]
+        for _ in range(max_new_tokens):
+            tok = int(logits.argmax(-1))
+            out.append(tok)
+            if cache.pos >= model.config.seq_len:
+                break
+            logits = model(torch.tensor([[tok]]), kv_cache=cache)[:, -1]
+    return out
