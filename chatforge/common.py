@@ -390,6 +390,38 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def paired_bootstrap(a: typing.Sequence[float], b: typing.Sequence[float], clusters: typing.Sequence[Any] | None = None,
+                     n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired items and its percentile bootstrap interval (Efron 1979).
+
+    ``a[i]`` and ``b[i]`` are two conditions' scores on the *same* item i (e.g. 0/1 correct), so the
+    pairing removes the items' own difficulty from the noise. ``clusters[i]`` groups items that are not
+    independent (several questions about one person): the bootstrap then resamples whole clusters, as
+    the unit of sampling must be. Pure: the RNG is seeded here, so the interval is reproducible.
+    Returns (delta, lo, hi).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_bootstrap: {len(a)} vs {len(b)} scores; pairs must match")
+    if not a:
+        return float("nan"), float("nan"), float("nan")
+    keys = list(clusters) if clusters is not None else list(range(len(a)))
+    groups: dict[Any, list[float]] = {}
+    for k, x, y in zip(keys, a, b):
+        groups.setdefault(k, []).append(float(x) - float(y))
+    sums = [sum(v) for v in groups.values()]   # per cluster: sum of differences, and item count
+    counts = [len(v) for v in groups.values()]
+    delta = sum(sums) / sum(counts)
+    rng = random.Random(seed)
+    m = len(sums)
+    stats = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(m) for _ in range(m)]
+        stats.append(sum(sums[i] for i in idx) / sum(counts[i] for i in idx))
+    stats.sort()
+    lo = stats[int((1 - level) / 2 * n_boot)]
+    hi = stats[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
+    return delta, lo, hi
+
 
 # ----------------------------------------------------------------------------- devices and seeds
 
@@ -426,6 +458,19 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def machine_info(device: str, dtype: str = "auto") -> dict[str, Any]:
+    """What the report prints about the machine: CPU model, native bf16, threads, device, training dtype."""
+    import torch  # lazy: data stages and `chatforge --help` import common without torch
+    cpu = "unknown"
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+                    if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "native bf16": cpu_has_bf16(), "torch threads": torch.get_num_threads(),
+            "device": device, "training dtype": train_dtype(device, dtype)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,15 +1,28 @@
-"""The report card: ``runs/<name>/report.md``, assembled from sections that stages hand in.
+"""The report card: ``runs/<name>/report.md`` and its numbers, ``runs/<name>/results.json``.
 
 Each stage returns a markdown section; the report is rewritten (atomically) after every stage, so a
 run that stops half-way still leaves a readable report of what it did.
+
+``results.json`` holds every measured claim, one object per experiment id (schema in the README):
+
+    {"<id>": {"conditions": {"<name>": {"k": int, "n": int, "rate": float, "ci": [lo, hi]}, ...},
+              "diffs": {"<A> - <B>": {"delta": float, "ci": [lo, hi], "method": "paired bootstrap"}},
+              ...extra fields of the experiment...}}
+
+Conditions carry Wilson 95% intervals; differences between two conditions on the same items carry a
+paired bootstrap interval (resampling items, or clusters of items such as one person's questions).
+The report's tables are rendered from this file (``results_table``), so the two never disagree.
 """
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
-from chatforge.common import atomic_write_text, git_sha, provenance
+from chatforge.common import atomic_write_json, atomic_write_text, git_sha, paired_bootstrap, provenance, read_json, wilson
+
+RESULTS_JSON = "results.json"
 
 
 @dataclass
@@ -58,3 +71,71 @@ def md_table(headers: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- results.json
+
+def condition(outcomes: Sequence[bool | int]) -> dict[str, Any]:
+    """A condition's entry from per-item 0/1 outcomes: k, n, rate and the Wilson 95% interval."""
+    k, n = int(sum(bool(o) for o in outcomes)), len(outcomes)
+    lo, hi = wilson(k, n)
+    return {"k": k, "n": n, "rate": k / n if n else float("nan"), "ci": [lo, hi]}
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """A difference entry: mean of a - b on paired items with its bootstrap 95% interval."""
+    delta, lo, hi = paired_bootstrap(a, b, clusters, seed=seed)
+    return {"delta": delta, "ci": [lo, hi], "method": "paired bootstrap" + (" (clusters)" if clusters else "")}
+
+
+def experiment(outcomes: dict[str, Sequence[bool | int]], diffs: Sequence[tuple[str, str]] = (),
+               clusters: Sequence[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """One experiment's results.json object from per-item outcomes of each condition (same item order
+    across conditions that are compared) and the (A, B) pairs whose difference A - B is reported."""
+    out: dict[str, Any] = {"conditions": {name: condition(o) for name, o in outcomes.items()}, "diffs": {}}
+    for i, (a, b) in enumerate(diffs):
+        out["diffs"][f"{a} - {b}"] = paired_diff([float(x) for x in outcomes[a]], [float(x) for x in outcomes[b]],
+                                                 clusters, seed=i)
+    out.update(extra)
+    return out
+
+
+def update_results(run_dir: str | Path, exp_id: str, obj: dict[str, Any]) -> Path:
+    """Set ``results.json[exp_id] = obj`` (read, replace that key, atomic write); returns the path."""
+    path = Path(run_dir) / RESULTS_JSON
+    results = read_json(path, "results") if path.exists() else {}
+    results[exp_id] = obj
+    atomic_write_json(path, results)
+    return path
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RESULTS_JSON
+    return read_json(path, "results") if path.exists() else {}
+
+
+def fmt_rate(c: dict[str, Any]) -> str:
+    """'65.0% [55.2, 73.7] (65/100)'."""
+    if not c.get("n"):
+        return "n/a (n=0)"
+    lo, hi = c["ci"]
+    return f"{100 * c['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({c['k']}/{c['n']})"
+
+
+def fmt_diff(d: dict[str, Any]) -> str:
+    """'+52.0 points [41.0, 62.0]' and, when the interval contains 0, says so."""
+    lo, hi = d["ci"]
+    s = f"{100 * d['delta']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return s + ("" if lo > 0 or hi < 0 else " (interval contains 0: no effect shown)")
+
+
+def results_table(exp: dict[str, Any], labels: dict[str, str] | None = None) -> str:
+    """Markdown tables of one experiment: its conditions, then its differences."""
+    labels = labels or {}
+    rows = [[labels.get(name, name), fmt_rate(c)] for name, c in exp["conditions"].items()]
+    md = md_table(["condition", "rate [95% CI] (k/n)"], rows)
+    if exp.get("diffs"):
+        md += "\n\n" + md_table(["difference", "paired bootstrap 95% CI"],
+                                 [[name, fmt_diff(d)] for name, d in exp["diffs"].items()])
+    return md

@@ -5,18 +5,22 @@
 
 Each stage is a library call; this module only wires them through one run directory, times them,
 and writes ``report.md`` after every stage (so a run that fails half-way still leaves a report).
-Presets size the run: ``tiny`` (tests, ~1-2 min), ``default`` (~11 min on 2 CPU cores), ``full``.
+Presets size the run in steps and tokens, never seconds, so one seed gives the same numbers on any
+machine (the ``--*-seconds`` flags are opt-in overrides that trade that away): ``tiny`` (tests),
+``default`` (sized for a 2-core CPU without native bf16), ``full``. A run directory holds one run: a
+new run clears the stage folders of a previous one first (only those), unless ``--resume``.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from chatforge.common import (add_config_args, CfError, config_from_args, get_device, make_parser, print0,
-                              print_config, read_json, read_jsonl, run_dir, write_meta)
+from chatforge.common import (add_config_args, CfError, config_from_args, get_device, machine_info, make_parser,
+                              print0, print_config, read_json, read_jsonl, run_dir, write_meta)
 from chatforge.data.crawl import make_crawl
 from chatforge.data.curate import DataConfig, evaluate_filters, format_eval, iter_clean_docs, run_pipeline
 from chatforge.data.shards import tokenize_corpus
@@ -31,8 +35,6 @@ from chatforge.train.sft import build_sft_data, sft, SFTConfig, SFTMix
 from chatforge.world.build import build_world, WorldConfig, write_world
 
 
-
-
 @dataclass
 class SpeedrunConfig:
     run: str = field(default="speedrun", metadata={"help": "run name (runs/<run>) or path"})
@@ -42,23 +44,46 @@ class SpeedrunConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
     skip: str = field(default="", metadata={"help": "comma-separated stages to skip (e.g. 'rl,sample')"})
     depth: int = field(default=0, metadata={"help": "model depth (0 = the preset's)"})
-    pretrain_seconds: float = field(default=0.0, metadata={"help": "pretraining time budget (0 = the preset's)"})
+    dtype: str = field(default="auto", metadata={"help": "training autocast: auto (bf16 where the hardware has it) | "
+                                                         "float32 (stand in for a CPU without bf16)",
+                                                 "choices": ["auto", "float32", "bfloat16"]})
+    pretrain_seconds: float = field(default=0.0, metadata={"help": "opt-in: stop pretraining after this many "
+                                                           "seconds (0 = the preset's steps; results then vary "
+                                                           "with the machine)"})
+    sft_seconds: float = field(default=0.0, metadata={"help": "opt-in: SFT time budget (0 = the preset's steps)"})
+    rl_seconds: float = field(default=0.0, metadata={"help": "opt-in: RL time budget (0 = the preset's steps)"})
+    resume: bool = field(default=False, metadata={"help": "keep the stage folders of a previous run in this "
+                                                          "directory (default: clear them first)"})
 
 
 # Everything a preset decides, in one table so the sizes are easy to read and change.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
-                 depth=2, seq_len=256, batch=8, pretrain_seconds=20, sft_seconds=15, rl_seconds=20,
+                 depth=2, seq_len=256, batch=8, pretrain_steps=60, sft_steps=40, rl_steps=3,
                  sft_math=120, sft_letters=100, rl_group=4, n_eval=20, n_eval_rl=10, extractor="resiliparse"),
     "default": dict(n_people=400, n_bios=6, n_problems=3000, n_spelling=1500, n_filler=4, vocab_size=4096,
-                    depth=4, seq_len=256, batch=16, pretrain_seconds=240, sft_seconds=120, rl_seconds=75,
+                    depth=4, seq_len=256, batch=16, pretrain_steps=130, sft_steps=250, rl_steps=15,
                     sft_math=600, sft_letters=400, rl_group=8, n_eval=100, n_eval_rl=40, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
-                 depth=6, seq_len=512, batch=16, pretrain_seconds=1800, sft_seconds=600, rl_seconds=600,
+                 depth=6, seq_len=512, batch=16, pretrain_steps=3000, sft_steps=1500, rl_steps=300,
                  sft_math=1500, sft_letters=1000, rl_group=16, n_eval=300, n_eval_rl=200, extractor="trafilatura"),
 }
 
 STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf"]
+
+# What a run writes into its directory; a new run clears exactly these (never anything else there).
+RUN_OUTPUTS = ["world", "corpus", "crawl", "data", "tokenizer", "shards", "base", "sft_data", "sft", "sft_ablation",
+               "rl", "rm", "rlhf", "dpo", "eval", "arena", "report", "report.md", "results.json", "speedrun.json"]
+
+
+def clear_previous_run(rd: Path) -> None:
+    """Remove a previous run's stage outputs, so no stage can read (or score) an old checkpoint."""
+    old = [rd / name for name in RUN_OUTPUTS if (rd / name).exists()]
+    if old:
+        print0(f"speedrun: clearing the previous run's outputs in {rd}: {', '.join(o.name for o in old)} "
+               "(pass --resume to keep them)")
+    for o in old:
+        shutil.rmtree(o) if o.is_dir() else o.unlink()
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:
@@ -72,12 +97,18 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
     p = dict(PRESETS[cfg.preset])
     if cfg.depth:
         p["depth"] = cfg.depth
-    if cfg.pretrain_seconds:
-        p["pretrain_seconds"] = cfg.pretrain_seconds
     rd = run_dir(cfg.run)
+    if not cfg.resume:
+        clear_previous_run(rd)
     rd.mkdir(parents=True, exist_ok=True)
     write_meta(rd / "speedrun.json", "speedrun", cfg, preset_values=p)
-    report = Report(rd, header=[f"preset `{cfg.preset}`, seed {cfg.seed}: " + json.dumps(p)])
+    machine = machine_info(get_device(cfg.device), cfg.dtype)
+    timed = [f"--{k.replace('_', '-')} {v:g}" for k, v in (("pretrain_seconds", cfg.pretrain_seconds),
+                                                         ("sft_seconds", cfg.sft_seconds), ("rl_seconds", cfg.rl_seconds)) if v]
+    report = Report(rd, header=[f"preset `{cfg.preset}`, seed {cfg.seed}: " + json.dumps(p),
+                                "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
+                                ("time budgets " + ", ".join(timed) + ": numbers depend on this machine's speed")
+                                if timed else "fixed steps and tokens: the same seed gives the same numbers"])
     ctx: dict[str, Any] = {"rd": rd, "p": p, "cfg": cfg}
     t_start = time.perf_counter()
     for name in STAGES:
@@ -177,15 +208,15 @@ def stage_shards(ctx: dict, report: Report) -> None:
 def stage_pretrain(ctx: dict, report: Report) -> None:
     rd, p, cfg = ctx["rd"], ctx["p"], ctx["cfg"]
     pc = PretrainConfig(run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
-                        time_budget=p["pretrain_seconds"], max_steps=100_000, seed=cfg.seed, device=cfg.device,
-                        eval_every=100, log_every=10)
+                        max_steps=p["pretrain_steps"], time_budget=cfg.pretrain_seconds, seed=cfg.seed,
+                        device=cfg.device, dtype=cfg.dtype, eval_every=100, log_every=10)
     print_config(pc, "pretrain config")
     pretrain(pc)
     metrics = read_json(rd / "base" / "metrics.json", "pretrain metrics")["metrics"]
     ctx["pretrain_metrics"] = metrics
     rows = [[k, v] for k, v in metrics.items() if isinstance(v, (int, float, str))]
     report.add("pretrain", "\n".join([
-        f"## 6. Pretraining (d{p['depth']}, {p['pretrain_seconds']:.0f}s budget on {get_device(cfg.device)})", "",
+        f"## 6. Pretraining (d{p['depth']}, {metrics.get('steps', p['pretrain_steps'])} steps on {get_device(cfg.device)})", "",
         md_table(["metric", "value"], rows), "", "![loss curve](report/pretrain_loss.png)"]))
 
 
@@ -214,7 +245,9 @@ def stage_sft(ctx: dict, report: Report) -> None:
     # Hundreds of tool traces per style: copying operands into a calculator call is learned from
     # ~600 examples in ~500 steps (120 gave 1% calculator accuracy, 600 gave 64%; dev/LOG.md).
     build_sft_data(rd, mix=SFTMix(n_math_per_style=p["sft_math"], n_letters_per_style=p["sft_letters"]))
-    sft(SFTConfig(run=str(rd), time_budget=p["sft_seconds"], epochs=3, seed=ctx["cfg"].seed, device=ctx["cfg"].device))
+    cfg = ctx["cfg"]
+    sft(SFTConfig(run=str(rd), max_steps=p["sft_steps"], time_budget=cfg.sft_seconds, seed=cfg.seed,
+                  device=cfg.device, dtype=cfg.dtype))
     md, metrics = run_experiments(rd, n_eval=p["n_eval"])
     ctx["sft_metrics"] = metrics
     report.add("sft", md)
@@ -222,8 +255,9 @@ def stage_sft(ctx: dict, report: Report) -> None:
 
 def stage_rl(ctx: dict, report: Report) -> None:
     p = ctx["p"]
-    md, metrics = run_rl_stage(ctx["rd"], budget_s=p["rl_seconds"], device=get_device(ctx["cfg"].device),
-                               eval_problems=p["n_eval_rl"], control=True, group_size=p["rl_group"])
+    cfg = ctx["cfg"]
+    md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], budget_s=cfg.rl_seconds, device=get_device(cfg.device),
+                               eval_problems=p["n_eval_rl"], control=True, group_size=p["rl_group"], dtype=cfg.dtype)
     report.add("rl", md)
 
 

@@ -79,15 +79,16 @@ def _acc_line(name: str, ev: dict) -> list:
             ev.get("eval_len", 0.0)]
 
 
-def run_rl_stage(run_dir_: str | Path, budget_s: float = 120.0, device: str = "cpu", eval_problems: int = 40,
-                 eval_k: int = 4, control: bool = False, **overrides) -> tuple[str, dict]:
+def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, device: str = "cpu",
+                 eval_problems: int = 40, eval_k: int = 4, control: bool = False, **overrides) -> tuple[str, dict]:
     """Speedrun stage: GRPO on the world's word problems from ``<run>/sft``, writing ``<run>/rl/``.
 
     Returns (markdown section, metrics). ``control=True`` also runs the random-reward control with
-    the same budget (not saved). ``overrides`` are RLConfig fields.
+    the same number of steps (not saved). ``steps`` fixes the run; ``budget_s`` (opt-in) may stop it
+    earlier. ``overrides`` are RLConfig fields.
     """
     rd = Path(run_dir_)
-    base = dict(run=str(rd), init=str(rd / "sft"), out=str(rd / "rl"), task="world", steps=10_000,
+    base = dict(run=str(rd), init=str(rd / "sft"), out=str(rd / "rl"), task="world", steps=steps,
                 prompts_per_step=4, group_size=8, max_new_tokens=80, lr=1e-4, eval_problems=eval_problems,
                 eval_k=eval_k, eval_every=0, time_budget=budget_s, budget_covers_eval=True, device=device)
     cfg = make_config(RLConfig, **{**base, **overrides})
