@@ -31,7 +31,8 @@ from chatforge.report import md_table, Report
 from chatforge.rl.experiments import run_rl_stage, run_rlhf_stage
 from chatforge.tokenizer.tokenizer import Tokenizer, train_tokenizer
 from chatforge.train.pretrain import pretrain, PretrainConfig
-from chatforge.train.sft import build_sft_data, sft, SFTConfig, SFTMix
+from chatforge.train.sft import sft, SFTConfig
+from chatforge.train.sft_data import build_sft_data, SFTMix
 from chatforge.world.build import build_world, WorldConfig, write_world
 
 

@@ -130,7 +130,8 @@ def test_gsm8k_exact_match(tm):
 
 
 def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
-    from chatforge.train.sft import SFTConfig, SFTMix, build_sft_data, sft
+    from chatforge.train.sft import SFTConfig, sft
+    from chatforge.train.sft_data import SFTMix, build_sft_data
     rd, _, _, _ = tiny_run(tmp_path)
     mix = SFTMix(n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=3, n_letters_per_style=2,
                  n_search=2, n_eval_known=4, n_eval_unknown=4)

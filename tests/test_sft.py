@@ -9,7 +9,9 @@ from assistant_helpers import tiny_model, tiny_run, tiny_tokenizer, tiny_world  
 from chatforge.assistant import convo
 from chatforge.common import CfError, make_config
 from chatforge.tokenizer.tokenizer import load_conversations
-from chatforge.train.sft import SFTConfig, SFTMix, build_sft_data, collate, render_rows, sft, train_sft
+from chatforge.model.batching import collate
+from chatforge.train.sft import SFTConfig, render_rows, sft, train_sft
+from chatforge.train.sft_data import SFTMix, build_sft_data
 
 
 @pytest.fixture(scope="module")
