@@ -2,16 +2,20 @@
 
 Everything else in chatforge imports from here; this module imports nothing of chatforge.
 
-Run directory layout (``runs/<name>/``), one folder per stage, stages talk only through files:
+Run directory layout (``runs/<name>/``), one folder per stage; stages talk only through files, and a
+new speedrun clears these folders of a previous run first (``--resume`` keeps them):
 
-    corpus/        raw documents (``*.jsonl``, one {"text": ...} per line) + corpus.json
-    data/          curated documents, removed/ documents with reasons, data_report.md
+    world/         the synthetic world (world.json: people, problems, letters, identity) + corpus/ pages
+    crawl/         crawl.warc.gz + labels.jsonl (the planted defects' ground truth)
+    data/          curated docs/*.jsonl.gz, removed/<step>/ with reasons, data_report.md, funnel.png
     tokenizer/     ranks.tiktoken + tokenizer.json (our metadata) [+ hf/ export]
     shards/        train_*.bin / val_*.bin token shards + shards.json
-    base/          pretraining checkpoints  step_XXXXXX/{model.safetensors, optim.pt, state.json}
-    sft/ rl/ rm/   later stages' checkpoints, same format
-    report.md      the report card, sections appended by each stage
-    report/        figures (PNG) referenced from report.md
+    base/          pretraining checkpoints  step_XXXXXX/{model.safetensors, optim.pt, state.json, tokenizer/}
+    sft_data/      SFT conversations (train/val/ablation JSONL) and the held-out evaluation items
+    sft/ sft_*/    SFT checkpoints (the main model and the ablations the experiments need)
+    rl/ rm/ rlhf/ dpo/   later stages' checkpoints, same format
+    eval/ arena/   evaluation outputs and arena battles / votes
+    report.md      the report card;  results.json  every measured claim (report.py);  report/  figures
 
 Every artifact carries a small JSON with its config and provenance (see ``write_meta``).
 """

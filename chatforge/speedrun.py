@@ -110,7 +110,7 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
                                 "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
                                 ("time budgets " + ", ".join(timed) + ": numbers depend on this machine's speed")
                                 if timed else "fixed steps and tokens: the same seed gives the same numbers"])
-    ctx: dict[str, Any] = {"rd": rd, "p": p, "cfg": cfg}
+    ctx: dict[str, Any] = {"rd": rd, "preset": p, "cfg": cfg}
     t_start = time.perf_counter()
     for name in STAGES:
         if name in skip or (name == "rlhf" and cfg.preset != "full"):
@@ -134,7 +134,7 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
 # ----------------------------------------------------------------------------- stages
 
 def stage_world(ctx: dict, report: Report) -> None:
-    p = ctx["p"]
+    p = ctx["preset"]
     wc = WorldConfig(seed=ctx["cfg"].seed, n_people=p["n_people"], n_bios_per_person=p["n_bios"],
                      n_problems=p["n_problems"], n_spelling=p["n_spelling"], n_filler_per_entity=p["n_filler"])
     world = build_world(wc)
@@ -163,7 +163,7 @@ def stage_crawl(ctx: dict, report: Report) -> None:
 
 
 def stage_data(ctx: dict, report: Report) -> None:
-    dc = DataConfig(input=str(ctx["warc"]), run=str(ctx["rd"]), extractor=ctx["p"]["extractor"], shards=False)
+    dc = DataConfig(input=str(ctx["warc"]), run=str(ctx["rd"]), extractor=ctx["preset"]["extractor"], shards=False)
     stats = run_pipeline(dc)
     res = evaluate_filters(ctx["rd"], ctx["labels"])
     md = (ctx["rd"] / "data" / "data_report.md")
@@ -179,7 +179,7 @@ def _clean_texts(rd: Path):
 
 
 def stage_tokenizer(ctx: dict, report: Report) -> None:
-    rd, p = ctx["rd"], ctx["p"]
+    rd, p = ctx["rd"], ctx["preset"]
     t0 = time.perf_counter()
     tok = train_tokenizer(_clean_texts(rd), p["vocab_size"])
     secs = time.perf_counter() - t0
@@ -207,7 +207,7 @@ def stage_shards(ctx: dict, report: Report) -> None:
 
 
 def stage_pretrain(ctx: dict, report: Report) -> None:
-    rd, p, cfg = ctx["rd"], ctx["p"], ctx["cfg"]
+    rd, p, cfg = ctx["rd"], ctx["preset"], ctx["cfg"]
     pc = PretrainConfig(run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
                         max_steps=p["pretrain_steps"], time_budget=cfg.pretrain_seconds, seed=cfg.seed,
                         device=cfg.device, dtype=cfg.dtype, eval_every=100, log_every=10)
@@ -242,7 +242,7 @@ def stage_sample(ctx: dict, report: Report) -> None:
 
 
 def stage_sft(ctx: dict, report: Report) -> None:
-    rd, p = ctx["rd"], ctx["p"]
+    rd, p = ctx["rd"], ctx["preset"]
     # Hundreds of tool traces per style: copying operands into a calculator call is learned from
     # ~600 examples in ~500 steps (120 gave 1% calculator accuracy, 600 gave 64%; dev/LOG.md).
     build_sft_data(rd, mix=SFTMix(n_math_per_style=p["sft_math"], n_letters_per_style=p["sft_letters"]))
@@ -255,7 +255,7 @@ def stage_sft(ctx: dict, report: Report) -> None:
 
 
 def stage_rl(ctx: dict, report: Report) -> None:
-    p = ctx["p"]
+    p = ctx["preset"]
     cfg = ctx["cfg"]
     md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], budget_s=cfg.rl_seconds, device=get_device(cfg.device),
                                eval_problems=p["n_eval_rl"], control=True, group_size=p["rl_group"], dtype=cfg.dtype)

@@ -161,63 +161,63 @@ def _removed_writer(work: Path, step: str):
 
 
 def build_stages(cfg: DataConfig, work: Path) -> tuple[list, list, list]:
-    """The three stages' step lists (see the module docstring)."""
+    """The three stages' step lists, in FineWeb's order (see the module docstring):
+    (filter_steps: stage A, dedup_steps: stage B, finish_steps: stage C)."""
     src = Path(cfg.input).resolve()
     folder, glob = (str(src), None) if src.is_dir() else (str(src.parent), src.name)
-    a: list = [CrawlReader(folder, glob_pattern=glob, limit=cfg.limit), F.Tally("read")]
+    filter_steps: list = [CrawlReader(folder, glob_pattern=glob, limit=cfg.limit), F.Tally("read")]
 
-    def add(step_name: str, step) -> None:
+    def add(steps: list, step_name: str, step) -> None:
+        """Append a filter, named for the funnel, and a tally of what it let through."""
         step.name = f"{step.name} [{step_name}]"
         step.stats = Stats(str(step))  # the stats keep the name they were created with
-        a_or_c.append(step)
-        a_or_c.append(F.Tally(step_name))
-    a_or_c = a
+        steps.append(step)
+        steps.append(F.Tally(step_name))
     if cfg.url_filter:
-        add("url_filter", F.URLFilter(cfg.url_blocklist, cfg.url_ut1, cfg.url_banned_words,
+        add(filter_steps, "url_filter", F.URLFilter(cfg.url_blocklist, cfg.url_ut1, cfg.url_banned_words,
                                       exclusion_writer=_removed_writer(work, "url_filter")))
     if cfg.extract:
-        a.append(F.Extract(cfg.extractor, cfg.extract_timeout, exclusion_writer=_removed_writer(work, "extract")))
-        a.append(F.TokenCount(cfg.tokenizer))
-        a.append(F.Tally("extract"))
+        filter_steps.append(F.Extract(cfg.extractor, cfg.extract_timeout, exclusion_writer=_removed_writer(work, "extract")))
+        filter_steps.append(F.TokenCount(cfg.tokenizer))
+        filter_steps.append(F.Tally("extract"))
     else:
-        a.append(F.TokenCount(cfg.tokenizer))
+        filter_steps.append(F.TokenCount(cfg.tokenizer))
     if cfg.language_filter:
-        add("language", F.LanguageFilter(cfg.languages, cfg.language_threshold, _removed_writer(work, "language")))
+        add(filter_steps, "language", F.LanguageFilter(cfg.languages, cfg.language_threshold, _removed_writer(work, "language")))
     if cfg.gopher_repetition:
-        add("gopher_repetition", F.GopherRepetition(exclusion_writer=_removed_writer(work, "gopher_repetition")))
+        add(filter_steps, "gopher_repetition", F.GopherRepetition(exclusion_writer=_removed_writer(work, "gopher_repetition")))
     if cfg.gopher_quality:
-        add("gopher_quality", F.GopherQuality(min_doc_words=cfg.gopher_min_words,
+        add(filter_steps, "gopher_quality", F.GopherQuality(min_doc_words=cfg.gopher_min_words,
                                               exclusion_writer=_removed_writer(work, "gopher_quality")))
     if cfg.c4:
-        add("c4", F.C4Filter(min_num_sentences=cfg.c4_min_sentences, exclusion_writer=_removed_writer(work, "c4")))
+        add(filter_steps, "c4", F.C4Filter(min_num_sentences=cfg.c4_min_sentences, exclusion_writer=_removed_writer(work, "c4")))
     if cfg.fineweb:
-        add("fineweb", F.FineWebFilter(cfg.fineweb_line_punct_thr, cfg.fineweb_short_line_thr, 30,
+        add(filter_steps, "fineweb", F.FineWebFilter(cfg.fineweb_line_punct_thr, cfg.fineweb_short_line_thr, 30,
                                        cfg.fineweb_char_dup_ratio, cfg.fineweb_new_line_ratio,
                                        exclusion_writer=_removed_writer(work, "fineweb")))
     if cfg.exact_dedup or cfg.minhash_dedup:
-        a.append(Signatures(str(work / "sigs"), cfg.minhash_bands * cfg.minhash_rows, cfg.minhash_ngram))
+        filter_steps.append(Signatures(str(work / "sigs"), cfg.minhash_bands * cfg.minhash_rows, cfg.minhash_ngram))
     # stage A -> C hand-over: plain JSONL (a temporary file: gzip -9 on it cost ~0.1 ms per document)
-    a.append(JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", adapter=_intermediate_adapter,
+    filter_steps.append(JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", adapter=_intermediate_adapter,
                          compression=None))
 
-    b = [DedupCluster(str(work / "sigs"), str(work / "dups.json"), cfg.minhash_bands, cfg.minhash_rows,
+    dedup_steps = [DedupCluster(str(work / "sigs"), str(work / "dups.json"), cfg.minhash_bands, cfg.minhash_rows,
                       cfg.exact_dedup, cfg.minhash_dedup)] if (cfg.exact_dedup or cfg.minhash_dedup) else []
 
-    c: list = [JsonlReader(str(work / "filtered"), glob_pattern="*.jsonl", compression=None)]
-    a_or_c = c
+    finish_steps: list = [JsonlReader(str(work / "filtered"), glob_pattern="*.jsonl", compression=None)]
     if cfg.exact_dedup:
-        add("exact_dedup", F.DropIds(str(work / "dups.json"), "exact duplicate", _removed_writer(work, "exact_dedup")))
+        add(finish_steps, "exact_dedup", F.DropIds(str(work / "dups.json"), "exact duplicate", _removed_writer(work, "exact_dedup")))
     if cfg.minhash_dedup:
-        add("minhash_dedup", F.DropIds(str(work / "dups.json"), "near duplicate", _removed_writer(work, "minhash_dedup")))
+        add(finish_steps, "minhash_dedup", F.DropIds(str(work / "dups.json"), "near duplicate", _removed_writer(work, "minhash_dedup")))
     if cfg.pii:
-        c.append(F.PIIStep(True, True))
-        c.append(F.TokenCount(cfg.tokenizer))
-        c.append(F.Tally("pii"))
+        finish_steps.append(F.PIIStep(True, True))
+        finish_steps.append(F.TokenCount(cfg.tokenizer))
+        finish_steps.append(F.Tally("pii"))
     if cfg.output_format == "parquet":
-        c.append(ParquetWriter(str(work / "docs"), output_filename="${rank}.parquet", adapter=_clean_adapter))
+        finish_steps.append(ParquetWriter(str(work / "docs"), output_filename="${rank}.parquet", adapter=_clean_adapter))
     else:
-        c.append(JsonlWriter(str(work / "docs"), output_filename="${rank}.jsonl.gz", adapter=_clean_adapter))
-    return a, b, c
+        finish_steps.append(JsonlWriter(str(work / "docs"), output_filename="${rank}.jsonl.gz", adapter=_clean_adapter))
+    return filter_steps, dedup_steps, finish_steps
 
 
 class DedupCluster(PipelineStep):
@@ -322,11 +322,11 @@ def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
     logger.remove()  # datatrove logs every task verbosely; keep warnings on stderr
     logger.add(sys.stderr, level="WARNING")
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
-    a, b, c = build_stages(cfg, work)
+    filter_steps, dedup_steps, finish_steps = build_stages(cfg, work)
     with Timer("data: stages", quiet=True) as t:
-        ex_a = make_executor(cfg, a, work / "logs" / "a_filter", cfg.tasks)
-        ex_b = make_executor(cfg, b, work / "logs" / "b_dedup", 1, depends=ex_a) if b else None
-        ex_c = make_executor(cfg, c, work / "logs" / "c_finish", cfg.tasks, depends=ex_b or ex_a)
+        ex_a = make_executor(cfg, filter_steps, work / "logs" / "a_filter", cfg.tasks)
+        ex_b = make_executor(cfg, dedup_steps, work / "logs" / "b_dedup", 1, depends=ex_a) if dedup_steps else None
+        ex_c = make_executor(cfg, finish_steps, work / "logs" / "c_finish", cfg.tasks, depends=ex_b or ex_a)
         if cfg.executor == "slurm":
             ex_c.run()  # submits the three jobs with dependencies and returns
             print0(f"data: submitted slurm jobs; logs in {work / 'logs'}. Re-run with --executor local to publish.")
@@ -564,16 +564,16 @@ def cli(argv: list[str]) -> None:
         p.add_argument("--n", type=int, default=200, help="number of demo documents when --docs is not given")
         p.add_argument("--out", required=True, help="output folder for crawl.warc.gz and labels.jsonl")
         p.add_argument("--seed", type=int, default=0)
-        a = p.parse_args(rest)
-        docs = _load_docs(a.docs) if a.docs else demo_docs(a.n, a.seed)
-        warc, labels = make_crawl(docs, a.out, seed=a.seed)
+        args = p.parse_args(rest)
+        docs = _load_docs(args.docs) if args.docs else demo_docs(args.n, args.seed)
+        warc, labels = make_crawl(docs, args.out, seed=args.seed)
         print0(f"make-crawl: {warc} ({warc.stat().st_size:,} bytes), labels {labels}")
     else:
         p = make_parser("chatforge data eval", "precision/recall of every filter on a synthetic crawl")
         p.add_argument("--run", required=True, help="run name/path (or its data folder)")
         p.add_argument("--labels", default=None, help="labels.jsonl (default: beside the crawl input)")
-        a = p.parse_args(rest)
-        print(format_eval(evaluate_filters(a.run, a.labels)))
+        args = p.parse_args(rest)
+        print(format_eval(evaluate_filters(args.run, args.labels)))
 
 
 # ----------------------------------------------------------------------------- extraction quality

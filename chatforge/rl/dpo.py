@@ -17,7 +17,6 @@ log-probability and lowers the rejected one's, weighted by how wrong the implici
 from __future__ import annotations
 
 import copy
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,13 +25,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from chatforge.common import (CfError, Timer, add_config_args, config_from_args, get_device, make_parser, print0,
-                              print_config, run_dir, seed_all)
+from chatforge.common import Timer, add_config_args, config_from_args, make_parser, print0, print_config
 from chatforge.model.batching import collate
-from chatforge.model.checkpoint import load_model, save_checkpoint
+from chatforge.model.checkpoint import save_checkpoint
 from chatforge.model.optim import OptimConfig, build_optimizer
-from chatforge.rl.preferences import (PrefPair, PreferenceConfig, load_pairs, reply_conversation, split_pairs,
-                                      train_pairwise)
+from chatforge.rl.preferences import PrefPair, PreferenceConfig, reply_conversation, setup_pairwise, train_pairwise
 from chatforge.rl.rollout import sequence_logprobs
 
 
@@ -88,17 +85,7 @@ def implicit_accuracy(policy, ref, tokenizer, pairs: Sequence[PrefPair], beta: f
 def train_dpo(cfg: DPOConfig, policy=None, tokenizer=None, pairs: list[PrefPair] | None = None,
               val_pairs: list[PrefPair] | None = None, save: bool = True) -> tuple[object, dict, Path | None]:
     """DPO from the SFT model (which is also the frozen reference). Returns (policy, metrics, path)."""
-    seed_all(cfg.seed)
-    device = get_device(cfg.device)
-    rd = run_dir(cfg.run)
-    if policy is None:
-        ck = load_model(cfg.init or rd / "sft", device, what="dpo init")
-        policy, tokenizer = ck.model, ck.tokenizer
-    rng = random.Random(cfg.seed)
-    if pairs is None:
-        pairs, val_pairs = split_pairs(load_pairs(cfg, rng), cfg.val_frac, rng)
-    if not pairs:
-        raise CfError(f"dpo data {cfg.data!r}: no preference pairs")
+    policy, tokenizer, pairs, val_pairs, rng, device, rd = setup_pairwise(cfg, policy, tokenizer, pairs, val_pairs, "dpo")
     policy.to(device)
     ref = copy.deepcopy(policy).eval()
     for p in ref.parameters():

@@ -408,8 +408,8 @@ def train_step(run: RLRun, step: int, observe: Callable[[list[str], list[dict]],
         rec["seq_kl"] = sum(seq_kl) / len(seq_kl)
     adv, zero_var = grpo_advantages_for(shaped, cfg.group_size, cfg.loss_norm)
     tt = time.perf_counter()
-    ucfg = cfg if cfg.algo == "grpo" else replace(cfg, kl_coef=0.0)  # reinforce: the KL is already in the reward
-    stats = rl_update(run.policy, run.ref if cfg.algo == "grpo" else None, run.optimizer, P, R, M, adv, ucfg,
+    update_cfg = cfg if cfg.algo == "grpo" else replace(cfg, kl_coef=0.0)  # reinforce: the KL is already in the reward
+    stats = rl_update(run.policy, run.ref if cfg.algo == "grpo" else None, run.optimizer, P, R, M, adv, update_cfg,
                       run.device, tok.bos_id)
     if cfg.algo == "reinforce":
         stats["kl"] = rec["seq_kl"] / max(1.0, sum(map(len, R)) / len(R))  # per token, for comparison

@@ -33,7 +33,8 @@ import torch
 
 from chatforge.assistant.convo import parse_hh_dialogue
 from chatforge.assistant.tasks import math_correct, world_problems
-from chatforge.common import CfError, data_dir, print0, read_jsonl
+from chatforge.common import CfError, data_dir, get_device, print0, read_jsonl, run_dir, seed_all
+from chatforge.model.checkpoint import load_model
 from chatforge.model.optim import Optimizers, OptimConfig
 
 
@@ -205,6 +206,24 @@ def split_pairs(pairs: list[PrefPair], val_frac: float, rng: random.Random) -> t
     rng.shuffle(idx)
     n_val = int(round(val_frac * len(pairs)))
     return [pairs[i] for i in idx[n_val:]], [pairs[i] for i in idx[:n_val]]
+
+
+def setup_pairwise(cfg: PreferenceConfig, model, tokenizer, pairs: list[PrefPair] | None,
+                   val_pairs: list[PrefPair] | None, what: str):
+    """What the RM and DPO do first: seed, load the starting model unless given, load and split pairs.
+    Returns (model, tokenizer, train pairs, held-out pairs, rng, device, run dir)."""
+    seed_all(cfg.seed)
+    device = get_device(cfg.device)
+    rd = run_dir(cfg.run)
+    if model is None:
+        ck = load_model(cfg.init or rd / "sft", device, what=f"{what} init")
+        model, tokenizer = ck.model, ck.tokenizer
+    rng = random.Random(cfg.seed)
+    if pairs is None:
+        pairs, val_pairs = split_pairs(load_pairs(cfg, rng), cfg.val_frac, rng)
+    if not pairs:
+        raise CfError(f"{what} data {cfg.data!r}: no preference pairs")
+    return model, tokenizer, pairs, val_pairs, rng, device, rd
 
 
 def train_pairwise(cfg: PreferenceConfig, params, optimizer: Optimizers, n_pairs: int, rng: random.Random,

@@ -17,7 +17,6 @@ The pairs and their sources are in ``preferences.py``.
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,12 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chatforge.common import (CfError, Timer, add_config_args, config_from_args, get_device, make_parser, print0,
-                              print_config, run_dir, seed_all)
+from chatforge.common import CfError, Timer, add_config_args, config_from_args, make_parser, print0, print_config
 from chatforge.model.batching import pad_right
 from chatforge.model.checkpoint import load_model, save_checkpoint
 from chatforge.model.optim import build_optimizer
-from chatforge.rl.preferences import (PrefPair, PreferenceConfig, load_pairs, reply_conversation, split_pairs,
+from chatforge.rl.preferences import (PrefPair, PreferenceConfig, reply_conversation, setup_pairwise,
                                       train_pairwise)
 
 
@@ -130,17 +128,7 @@ class RMConfig(PreferenceConfig):
 def train_rm(cfg: RMConfig, model=None, tokenizer=None, pairs: list[PrefPair] | None = None,
              val_pairs: list[PrefPair] | None = None, save: bool = True) -> tuple[RewardModel, dict, Path | None]:
     """Fit a reward model with the Bradley-Terry loss; returns (rm, metrics, checkpoint path or None)."""
-    seed_all(cfg.seed)
-    device = get_device(cfg.device)
-    rd = run_dir(cfg.run)
-    if model is None:
-        ck = load_model(cfg.init or rd / "sft", device, what="rm init")
-        model, tokenizer = ck.model, ck.tokenizer
-    rng = random.Random(cfg.seed)
-    if pairs is None:
-        pairs, val_pairs = split_pairs(load_pairs(cfg, rng), cfg.val_frac, rng)
-    if not pairs:
-        raise CfError(f"rm data {cfg.data!r}: no preference pairs")
+    model, tokenizer, pairs, val_pairs, rng, device, rd = setup_pairwise(cfg, model, tokenizer, pairs, val_pairs, "rm")
     rm = RewardModel(model).to(device)
     L = min(cfg.max_tokens, model.config.seq_len)
     enc = [(encode_reply(tokenizer, p.prompt, p.chosen, L), encode_reply(tokenizer, p.prompt, p.rejected, L))

@@ -245,13 +245,37 @@ def pretrain(cfg: PretrainConfig) -> Path:
             dist.destroy_process_group()
 
 
-def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir: Path) -> Path:
+@dataclass
+class Run:
+    """Everything one pretraining run holds while it trains (passed to each phase below)."""
+    cfg: PretrainConfig
+    d: Dist
+    rd: Path
+    shards_dir: Path
+    base_dir: Path
+    dtype: str
+    tokenizer: Any
+    model: nn.Module          # what forward() runs: the raw model, or its DDP / compiled wrapper
+    raw_model: GPT            # the module whose weights are saved
+    optimizer: Any
+    loader: TokenLoader
+    B: int                    # sequences per micro-step per rank
+    T: int                    # sequence length
+    total_batch: int          # tokens per optimizer step, all ranks
+    grad_accum: int           # micro-steps per optimizer step
+    total_steps: int
+    tbytes: torch.Tensor      # bytes per token id, for bits per byte
+    has_val: bool
+    step: int = 0
+    history: list = field(default_factory=list)      # [step, train loss]
+    val_history: list = field(default_factory=list)  # [step, val loss, val bpb]
+    samples: list[str] | None = None
+    last_ckpt: Path | None = None
+    resumed_from: Path | None = None
 
-    device = d.device
-    dtype = train_dtype(device, cfg.dtype)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+
+def load_tokenizer(rd: Path, shards_dir: Path) -> tuple[Any, dict]:
+    """The run's tokenizer and shard metadata, checked against each other."""
     tok_dir = rd / "tokenizer"
     if not tok_dir.exists():
         raise CfError(f"{tok_dir}: tokenizer not found (run `chatforge tok train` first)")
@@ -264,20 +288,23 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
     if want and isinstance(getattr(tokenizer, "hash", None), str) and want != tokenizer.hash:
         raise CfError(f"{shards_dir / 'shards.json'}: made with tokenizer {want}, but {tok_dir} is "
                       f"{tokenizer.hash}; re-tokenize the corpus")
+    return tokenizer, meta
 
-    # --- batch geometry: B*T per micro-step per rank, grad_accum micro-steps per optimizer step
-    B, T = cfg.device_batch_size, cfg.seq_len
-    micro_tokens = B * T * d.world_size
+
+def batch_geometry(cfg: PretrainConfig, d: Dist) -> tuple[int, int]:
+    """(tokens per optimizer step, gradient-accumulation micro-steps): B*T per micro-step per rank."""
+    micro_tokens = cfg.device_batch_size * cfg.seq_len * d.world_size
     total_batch = cfg.total_batch_tokens or micro_tokens
     if total_batch % micro_tokens:
         raise CfError(f"total_batch_tokens: {total_batch} is not a multiple of device_batch_size*seq_len*"
-                      f"world_size = {B}*{T}*{d.world_size} = {micro_tokens}")
-    grad_accum = total_batch // micro_tokens
+                      f"world_size = {cfg.device_batch_size}*{cfg.seq_len}*{d.world_size} = {micro_tokens}")
+    return total_batch, total_batch // micro_tokens
 
-    # --- model (weights from the checkpoint when resuming)
+
+def build_model(cfg: PretrainConfig, d: Dist, tokenizer: Any, base_dir: Path):
+    """A fresh, initialized GPT (removing an older run's checkpoints), or the checkpoint to resume."""
     seed_all(cfg.seed)
     model_config = build_model_config(cfg, tokenizer.n_vocab)
-    ckpt = None
     if cfg.resume:
         if latest_checkpoint(base_dir) is None:
             raise CfError(f"{base_dir}: --resume given but there is no complete checkpoint to resume from")
@@ -285,192 +312,248 @@ def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir
         if asdict(ckpt.model.config) != asdict(model_config):
             raise CfError(f"{ckpt.path}: its model_config differs from this run's (depth/flavour/preset/"
                           f"seq_len); resume with the same settings")
-        model = ckpt.model.train()
-    else:
-        old = sorted(base_dir.glob("step_*")) if base_dir.exists() else []
-        if old:  # a fresh run must not mix with (or later resume from) an older run's checkpoints
-            banner(f"{base_dir}: starting fresh, removing {len(old)} old checkpoint(s) "
-                   f"(use --resume to continue instead)")
-            if d.rank == 0:
-                for p in old:
-                    shutil.rmtree(p, ignore_errors=True)
-        model = GPT(model_config)
-        model.init_weights()
-    model.to(device)
-    raw_model = model
-    n_params = raw_model.num_params()
-    flops_per_token = raw_model.flops_per_token()
+        return ckpt.model.train(), ckpt
+    old = sorted(base_dir.glob("step_*")) if base_dir.exists() else []
+    if old:  # a fresh run must not mix with (or later resume from) an older run's checkpoints
+        banner(f"{base_dir}: starting fresh, removing {len(old)} old checkpoint(s) (use --resume to continue instead)")
+        if d.rank == 0:
+            for p in old:
+                shutil.rmtree(p, ignore_errors=True)
+    model = GPT(model_config)
+    model.init_weights()
+    return model, None
 
-    # --- step budget
+
+def plan_steps(cfg: PretrainConfig, n_params: int, total_batch: int, ckpt) -> int:
+    """Optimizer steps: --max-steps, else the token budget (default: data_param_ratio x params).
+    Only an opt-in time budget without either leaves it open, to be fitted after a few steps."""
     if cfg.max_steps > 0:
         total_steps = cfg.max_steps
     else:
-        budget = cfg.token_budget or int(cfg.data_param_ratio * n_params)
-        total_steps = max(1, budget // total_batch)
+        total_steps = max(1, (cfg.token_budget or int(cfg.data_param_ratio * n_params)) // total_batch)
     if cfg.time_budget > 0 and cfg.max_steps <= 0 and cfg.token_budget <= 0:
-        total_steps = 10**9  # fitted to the time budget after a few steps
-    if ckpt is not None and "total_steps" in ckpt.state.get("metrics", {}):
-        total_steps = ckpt.state["metrics"]["total_steps"] if cfg.time_budget > 0 else total_steps
+        total_steps = 10**9
+    if ckpt is not None and cfg.time_budget > 0 and "total_steps" in ckpt.state.get("metrics", {}):
+        total_steps = ckpt.state["metrics"]["total_steps"]
+    return total_steps
 
-    # --- parallel wrappers
+
+def wrap_parallel(raw_model: GPT, cfg: PretrainConfig, d: Dist) -> nn.Module:
+    """FSDP2 (shard params/grads/optimizer state) or DDP across ranks, then torch.compile if asked."""
+    model: nn.Module = raw_model
     if d.world_size > 1 and cfg.fsdp:
         for block in raw_model.blocks:
             fully_shard(block)
         fully_shard(raw_model)
-        model = raw_model
     elif d.world_size > 1:
-        model = DDP(raw_model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
-    if cfg.compile:
-        model = torch.compile(model)
+        model = DDP(raw_model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None)
+    return torch.compile(model) if cfg.compile else model
 
-    optimizer = build_optimizer(raw_model, cfg.optim)
-    train_loader = TokenLoader(shards_dir, "train", B, T, d.rank, d.world_size, seed=cfg.seed)
-    step, history, val_history, samples = 0, [], [], None
-    resumed_from: Path | None = None
+
+def restore(run: Run, ckpt) -> None:
+    """Continue exactly where a checkpoint stopped: optimizer, data position, history, RNG."""
+    run.step = ckpt.step
+    optim_state = ckpt.optimizer_state()
+    if optim_state is None:
+        raise CfError(f"{ckpt.path}: no optim.pt, cannot resume training exactly")
+    run.optimizer.load_state_dict(optim_state)
+    if run.cfg.fsdp and run.d.world_size > 1:
+        _reshard_optimizer_state(run.optimizer)
+    if ckpt.state.get("loader"):
+        run.loader.load_state_dict(ckpt.state["loader"])
+    m = ckpt.state.get("metrics", {})
+    run.history, run.val_history = m.get("history", []), m.get("val_history", [])
+    set_rng_state(ckpt.state["rng"])
+    print0(f"resumed from {ckpt.path} at step {run.step}")
+    run.resumed_from = ckpt.path
+
+
+def setup(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir: Path) -> Run:
+    """Tokenizer, shards, model, parallel wrappers, optimizer and data loader of a run."""
+    if d.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tokenizer, meta = load_tokenizer(rd, shards_dir)
+    total_batch, grad_accum = batch_geometry(cfg, d)
+    raw_model, ckpt = build_model(cfg, d, tokenizer, base_dir)
+    raw_model.to(d.device)
+    B, T = cfg.device_batch_size, cfg.seq_len
+    run = Run(cfg=cfg, d=d, rd=rd, shards_dir=shards_dir, base_dir=base_dir, dtype=train_dtype(d.device, cfg.dtype),
+              tokenizer=tokenizer, model=wrap_parallel(raw_model, cfg, d), raw_model=raw_model,
+              optimizer=build_optimizer(raw_model, cfg.optim),
+              loader=TokenLoader(shards_dir, "train", B, T, d.rank, d.world_size, seed=cfg.seed), B=B, T=T,
+              total_batch=total_batch, grad_accum=grad_accum,
+              total_steps=plan_steps(cfg, raw_model.num_params(), total_batch, ckpt),
+              tbytes=token_bytes(tokenizer, raw_model.config.vocab_size),
+              has_val=sum(s["tokens"] for s in meta["splits"].get("val", [])) >= B * T + 1)
     if ckpt is not None:
-        step = ckpt.step
-        optim_state = ckpt.optimizer_state()
-        if optim_state is None:
-            raise CfError(f"{ckpt.path}: no optim.pt, cannot resume training exactly")
-        optimizer.load_state_dict(optim_state)
-        if cfg.fsdp and d.world_size > 1:
-            _reshard_optimizer_state(optimizer)
-        if ckpt.state.get("loader"):
-            train_loader.load_state_dict(ckpt.state["loader"])
-        m = ckpt.state.get("metrics", {})
-        history, val_history = m.get("history", []), m.get("val_history", [])
-        set_rng_state(ckpt.state["rng"])
-        print0(f"resumed from {ckpt.path} at step {step}")
-        resumed_from = ckpt.path
+        restore(run, ckpt)
         del ckpt
-    tbytes = token_bytes(tokenizer, model_config.vocab_size)
-    val_meta = meta["splits"].get("val", [])
-    has_val = sum(s["tokens"] for s in val_meta) >= B * T + 1
-
-    print0(f"model: {n_params:,} params, {flops_per_token / 1e6:.1f} MFLOP/token, {dtype}, config {asdict(model_config)}")
+    print0(f"model: {raw_model.num_params():,} params, {raw_model.flops_per_token() / 1e6:.1f} MFLOP/token, "
+           f"{run.dtype}, config {asdict(raw_model.config)}")
     print0(f"batch: {total_batch:,} tokens/step = {B} x {T} x {d.world_size} ranks x {grad_accum} accum; "
-           f"{total_steps if total_steps < 10**9 else '?'} steps; device {device}, world size {d.world_size}")
-    peak = peak_flops(device)
-    bar = is_interactive() and device == "cpu" and d.rank == 0
+           f"{run.total_steps if run.total_steps < 10**9 else '?'} steps; device {d.device}, world size {d.world_size}")
+    return run
 
-    def run_eval() -> None:
-        if not has_val:
-            return
-        vl = TokenLoader(shards_dir, "val", B, T, d.rank, d.world_size)
-        steps = max(1, min(cfg.eval_tokens // micro_tokens, vl.n_windows // d.world_size or 1))
-        model.eval()
-        val_loss, bpb = evaluate_bpb(model, vl, steps, tbytes, device, dtype, d)
-        model.train()
-        val_history.append([step, val_loss, bpb])
-        if bar:
-            print(file=sys.stderr)
-        print0(f"step {step:6d} | val loss {val_loss:.4f} | val bpb {bpb:.4f}")
 
-    last_ckpt: Path | None = None
+def forward_backward(run: Run) -> torch.Tensor:
+    """One optimizer step's gradients: ``grad_accum`` micro-batches, gradients synchronized across ranks
+    on the last one only. Returns this rank's summed (unscaled) loss."""
+    d, cfg = run.d, run.cfg
+    loss_sum = torch.zeros((), device=d.device)
+    for micro in range(run.grad_accum):
+        x, y = run.loader.next()                               # (B, T), (B, T)
+        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+        last = micro == run.grad_accum - 1
+        sync_ctx = contextlib.nullcontext()
+        if d.world_size > 1 and not cfg.fsdp and not last:
+            sync_ctx = run.model.no_sync()
+        elif d.world_size > 1 and cfg.fsdp:
+            run.raw_model.set_requires_gradient_sync(last)
+        with sync_ctx:
+            with autocast_ctx(d.device, run.dtype):
+                loss = run.model(x, y)
+            (loss / run.grad_accum).backward()
+        loss_sum += loss.detach()
+    return loss_sum
 
-    def save() -> Path:
-        metrics = {"history": history, "val_history": val_history, "total_steps": total_steps,
-                   "samples": samples}
-        return save_checkpoint(base_dir, step, raw_model, tokenizer, asdict(cfg), optimizer=optimizer,
-                               loader_state=train_loader.state_dict(), metrics=metrics,
-                               keep_last=cfg.keep_last or None)
 
-    model.train()
-    start_step = step
-    t_start = time.perf_counter()
-    dt_ema = None
-    timed_steps = 0
-    step_cap = total_steps  # --max-steps / token budget still bound a time-budgeted run
-    while step < total_steps:
-        t0 = time.perf_counter()
-        optimizer.set_lr(lr_at(step, total_steps, cfg.optim))
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            x, y = train_loader.next()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            last = micro == grad_accum - 1
-            sync_ctx = contextlib.nullcontext()
-            if d.world_size > 1 and not cfg.fsdp and not last:
-                sync_ctx = model.no_sync()
-            elif d.world_size > 1 and cfg.fsdp:
-                raw_model.set_requires_gradient_sync(last)
-            with sync_ctx:
-                with autocast_ctx(device, dtype):
-                    loss = model(x, y)
-                (loss / grad_accum).backward()
-            loss_sum += loss.detach()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_val = all_reduce_sum(loss_sum, d).item() / (grad_accum * d.world_size)
-        step += 1
-        if not math.isfinite(loss_val):
-            raise CfError(f"step {step}: loss is {loss_val}; training stopped. Last good checkpoint: "
-                          f"{last_ckpt or 'none'} (try a lower --lr or --muon-lr)")
-        history.append([step, loss_val])
+def train_step(run: Run) -> float:
+    """Schedule, gradients, clipping, optimizer step; returns the mean loss over ranks and micro-steps."""
+    run.optimizer.set_lr(lr_at(run.step, run.total_steps, run.cfg.optim))
+    loss_sum = forward_backward(run)
+    if run.cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), run.cfg.optim.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_val = all_reduce_sum(loss_sum, run.d).item() / (run.grad_accum * run.d.world_size)
+    run.step += 1
+    if not math.isfinite(loss_val):
+        raise CfError(f"step {run.step}: loss is {loss_val}; training stopped. Last good checkpoint: "
+                      f"{run.last_ckpt or 'none'} (try a lower --lr or --muon-lr)")
+    run.history.append([run.step, loss_val])
+    return loss_val
 
-        # --- timing, log line
-        dt = time.perf_counter() - t0
-        if step > 1 or cfg.resume:  # the first step pays for allocation / compilation
-            dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
-            timed_steps += 1
-        # Fit the schedule to the time left: once after 5 timed steps, then every 10 steps while the
-        # lr is still at its peak (WSD's stable phase), since early step times are noisy. Ranks agree
-        # on the smallest estimate so that every rank runs the same number of steps.
-        refit = timed_steps == 5 or (timed_steps > 5 and step % 10 == 0 and lr_at(step, total_steps, cfg.optim) >= 1.0)
-        if cfg.time_budget > 0 and refit:
-            left = cfg.time_budget - (time.perf_counter() - t_start)
-            fitted = min(step_cap, max(step + 1, step + int(left / dt_ema)))
-            total_steps = int(all_reduce_min(torch.tensor(float(fitted), device=device), d).item())
-        tps = total_batch / dt
-        if step % cfg.log_every == 0 or step == total_steps:
-            mfu = f"{100 * flops_per_token * tps / (peak * d.world_size):.1f}%" if peak else "n/a"
-            eta = fmt_time((total_steps - step) * (dt_ema or dt))
-            line = (f"step {step:6d}/{total_steps} | loss {loss_val:.4f} | lr x{lr_at(step - 1, total_steps, cfg.optim):.3f}"
-                    f" | dt {dt * 1000:.0f}ms | tok/s {tps:,.0f} | mfu {mfu} | eta {eta}")
-            if bar:
-                n = int(30 * step / total_steps)
-                sys.stderr.write(f"\r[{'#' * n}{'.' * (30 - n)}] {line}")
-                sys.stderr.flush()
-            else:
-                print0(line)
 
-        over = cfg.time_budget > 0 and time.perf_counter() - t_start > cfg.time_budget
-        if d.world_size > 1 and cfg.time_budget > 0:  # one rank's clock must not stop it alone
-            over = all_reduce_sum(torch.tensor(float(over), device=device), d).item() > 0
-        done = step >= total_steps or over
-        if done:
-            total_steps = step
-        if (cfg.eval_every and step % cfg.eval_every == 0) or done:
-            run_eval()
-        if (cfg.sample_every and step % cfg.sample_every == 0) or done:
-            if d.rank == 0 and not (cfg.fsdp and d.world_size > 1):  # FSDP forward is collective
-                samples = draw_samples(raw_model, tokenizer, cfg.sample_tokens)
-            for s in samples or []:
-                print0(f"sample: {s!r}")
-            model.train()
-        if (cfg.save_every and step % cfg.save_every == 0) or done:
-            last_ckpt = save()
+def validate(run: Run, bar: bool) -> None:
+    """Validation loss and bits per byte on the held-out shards."""
+    if not run.has_val:
+        return
+    d = run.d
+    vl = TokenLoader(run.shards_dir, "val", run.B, run.T, d.rank, d.world_size)
+    micro_tokens = run.B * run.T * d.world_size
+    steps = max(1, min(run.cfg.eval_tokens // micro_tokens, vl.n_windows // d.world_size or 1))
+    run.model.eval()
+    val_loss, bpb = evaluate_bpb(run.model, vl, steps, run.tbytes, d.device, run.dtype, d)
+    run.model.train()
+    run.val_history.append([run.step, val_loss, bpb])
     if bar:
         print(file=sys.stderr)
+    print0(f"step {run.step:6d} | val loss {val_loss:.4f} | val bpb {bpb:.4f}")
 
-    # --- report artifacts (rank 0)
-    elapsed = time.perf_counter() - t_start
+
+def save(run: Run) -> Path:
+    metrics = {"history": run.history, "val_history": run.val_history, "total_steps": run.total_steps,
+               "samples": run.samples}
+    return save_checkpoint(run.base_dir, run.step, run.raw_model, run.tokenizer, asdict(run.cfg),
+                           optimizer=run.optimizer, loader_state=run.loader.state_dict(), metrics=metrics,
+                           keep_last=run.cfg.keep_last or None)
+
+
+def log_step(run: Run, loss_val: float, dt: float, dt_ema: float | None, bar: bool) -> None:
+    """Rank 0's one dense line per step (or a progress bar on an interactive CPU run)."""
+    cfg, step, total_steps = run.cfg, run.step, run.total_steps
+    if not (step % cfg.log_every == 0 or step == total_steps):
+        return
+    tps = run.total_batch / dt
+    peak = peak_flops(run.d.device)
+    mfu = f"{100 * run.raw_model.flops_per_token() * tps / (peak * run.d.world_size):.1f}%" if peak else "n/a"
+    line = (f"step {step:6d}/{total_steps} | loss {loss_val:.4f} | lr x{lr_at(step - 1, total_steps, cfg.optim):.3f}"
+            f" | dt {dt * 1000:.0f}ms | tok/s {tps:,.0f} | mfu {mfu} | eta {fmt_time((total_steps - step) * (dt_ema or dt))}")
+    if bar:
+        n = int(30 * step / total_steps)
+        sys.stderr.write(f"\r[{'#' * n}{'.' * (30 - n)}] {line}")
+        sys.stderr.flush()
+    else:
+        print0(line)
+
+
+def fit_time_budget(run: Run, t_start: float, dt_ema: float, step_cap: int) -> None:
+    """Opt-in time budget: fit the schedule to the time left. Ranks agree on the smallest estimate so
+    that every rank runs the same number of steps."""
+    left = run.cfg.time_budget - (time.perf_counter() - t_start)
+    fitted = min(step_cap, max(run.step + 1, run.step + int(left / dt_ema)))
+    run.total_steps = int(all_reduce_min(torch.tensor(float(fitted), device=run.d.device), run.d).item())
+
+
+def train(run: Run) -> float:
+    """The loop: steps until the plan (or the opt-in time budget) ends, with validation, samples and
+    checkpoints on their schedules. Returns the seconds it took."""
+    cfg, d = run.cfg, run.d
+    bar = is_interactive() and d.device == "cpu" and d.rank == 0
+    run.model.train()
+    t_start = time.perf_counter()
+    dt_ema, timed_steps = None, 0
+    step_cap = run.total_steps  # --max-steps / token budget still bound a time-budgeted run
+    while run.step < run.total_steps:
+        t0 = time.perf_counter()
+        loss_val = train_step(run)
+        dt = time.perf_counter() - t0
+        if run.step > 1 or cfg.resume:  # the first step pays for allocation / compilation
+            dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
+            timed_steps += 1
+        # refit once after 5 timed steps, then every 10 steps while the lr is at its peak (WSD's
+        # stable phase), since early step times are noisy
+        refit = timed_steps == 5 or (timed_steps > 5 and run.step % 10 == 0
+                                     and lr_at(run.step, run.total_steps, cfg.optim) >= 1.0)
+        if cfg.time_budget > 0 and refit:
+            fit_time_budget(run, t_start, dt_ema, step_cap)
+        log_step(run, loss_val, dt, dt_ema, bar)
+        over = cfg.time_budget > 0 and time.perf_counter() - t_start > cfg.time_budget
+        if d.world_size > 1 and cfg.time_budget > 0:  # one rank's clock must not stop it alone
+            over = all_reduce_sum(torch.tensor(float(over), device=d.device), d).item() > 0
+        done = run.step >= run.total_steps or over
+        if done:
+            run.total_steps = run.step
+        if (cfg.eval_every and run.step % cfg.eval_every == 0) or done:
+            validate(run, bar)
+        if (cfg.sample_every and run.step % cfg.sample_every == 0) or done:
+            if d.rank == 0 and not (cfg.fsdp and d.world_size > 1):  # FSDP forward is collective
+                run.samples = draw_samples(run.raw_model, run.tokenizer, cfg.sample_tokens)
+            for s in run.samples or []:
+                print0(f"sample: {s!r}")
+            run.model.train()
+        if (cfg.save_every and run.step % cfg.save_every == 0) or done:
+            run.last_ckpt = save(run)
+    if bar:
+        print(file=sys.stderr)
+    return time.perf_counter() - t_start
+
+
+def write_metrics(run: Run, start_step: int, elapsed: float) -> None:
+    """Rank 0: the loss plot and base/metrics.json (what the report card shows)."""
+    if run.last_ckpt is None:  # resumed at or past total_steps: nothing new to save
+        run.last_ckpt = run.resumed_from
+    plot_losses(run.history, run.val_history, run.rd / "report" / "pretrain_loss.png")
+    final = {"steps": run.step, "params": run.raw_model.num_params(), "tokens": run.step * run.total_batch,
+             "train_loss": run.history[-1][1] if run.history else None,
+             "val_loss": run.val_history[-1][1] if run.val_history else None,
+             "val_bpb": run.val_history[-1][2] if run.val_history else None,
+             "time_s": elapsed, "tokens_per_s": (run.step - start_step) * run.total_batch / max(elapsed, 1e-9),
+             "dtype": run.dtype, "checkpoint": str(run.last_ckpt), "model_config": asdict(run.raw_model.config),
+             "samples": run.samples}
+    write_meta(run.base_dir / "metrics.json", "pretrain_metrics", run.cfg, metrics=final)
+    print0(f"done: {run.step} steps, train loss {final['train_loss']}, val loss {final['val_loss']}, "
+           f"val bpb {final['val_bpb']}, {elapsed:.1f}s -> {run.last_ckpt}")
+
+
+def _pretrain(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir: Path) -> Path:
+    run = setup(cfg, d, rd, shards_dir, base_dir)
+    start_step = run.step
+    elapsed = train(run)
     if d.rank == 0:
-        if last_ckpt is None:  # resumed at or past total_steps: nothing new to save
-            last_ckpt = resumed_from
-        plot_losses(history, val_history, rd / "report" / "pretrain_loss.png")
-        final = {"steps": step, "params": n_params, "tokens": step * total_batch,
-                 "train_loss": history[-1][1] if history else None,
-                 "val_loss": val_history[-1][1] if val_history else None,
-                 "val_bpb": val_history[-1][2] if val_history else None,
-                 "time_s": elapsed, "tokens_per_s": (step - start_step) * total_batch / max(elapsed, 1e-9),
-                 "checkpoint": str(last_ckpt), "model_config": asdict(model_config), "samples": samples}
-        write_meta(base_dir / "metrics.json", "pretrain_metrics", cfg, metrics=final)
-        print0(f"done: {step} steps, train loss {final['train_loss']}, val loss {final['val_loss']}, "
-               f"val bpb {final['val_bpb']}, {elapsed:.1f}s -> {last_ckpt}")
-    return last_ckpt if last_ckpt is not None else base_dir / f"step_{step:06d}"
+        write_metrics(run, start_step, elapsed)
+    return run.last_ckpt if run.last_ckpt is not None else base_dir / f"step_{run.step:06d}"
 
 
 def cli(argv: list[str]) -> None:
