@@ -21,9 +21,19 @@ Design (picked for being simple and exactly correct, not for peak speed):
   so a seeded request gives the same tokens whether it is batched with others or alone.
 * Text: each row has a ``StreamDecoder`` (UTF-8 safe) and holds back the tail that could still be the
   start of a stop string; on a stop string the row finishes and the text is cut before it.
+* Penalties (OpenAI's definition): ``logit[j] -= count[j] * frequency + (count[j] > 0) * presence``
+  over the tokens this choice generated, then ``+ logit_bias[j]`` (``penalize``).
+* Chat requests (``structured=True``) read the assistant's tool syntax the way ``Engine`` does:
+  ``<|tool_start|>name\ninput<|tool_end|>`` becomes a ("tool_call", ...) event and, when the batcher
+  has a ``tools`` hook, the call runs on a small thread pool while its row is *parked*: the row keeps
+  re-feeding its last token at the same position (rewriting identical keys/values) without sampling,
+  so the other rows never wait for a tool. The result is then forced in, one token per step, as
+  ``<|output_start|>output<|output_end|>`` (a ("tool_output", ...) event). No control token is ever
+  decoded into text.
 
 Events go to the request's ``emit`` callback (called on the worker thread): ("token", choice, text,
-info) for each sampled token and ("done", choice, finish_reason, n_tokens) per choice; ("error", msg) on failure.
+info) for sampled text, ("tool_call", choice, name, input), ("tool_output", choice, text), and
+("done", choice, finish_reason, n_tokens) per choice; ("error", msg) on failure.
 """
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ import queue
 import secrets
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -60,6 +72,10 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     stop_tokens: set[int] = field(default_factory=set)
     logprobs: int | None = None          # None: no logprobs; k >= 0: chosen token's logprob + top k
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    structured: bool = False             # chat: tool calls/outputs become events, control tokens never text
     cancelled: threading.Event = field(default_factory=threading.Event)
     t_submit: float = field(default_factory=time.perf_counter)
 
@@ -75,13 +91,36 @@ class _Row:
     n_out: int = 0
     text: str = ""           # decoded text so far (before stop-cut)
     sent: int = 0            # characters of text already emitted
+    mode: str = "text"       # structured rows: "text", inside a tool "call", or inside its "output"
+    held: list[int] = field(default_factory=list)      # tokens of the call/output being read
+    forced: deque = field(default_factory=deque)       # tool output tokens to feed instead of sampling
+    tool: Future | None = None                         # the running tool call (the row is parked)
+    counts: torch.Tensor | None = None                 # (V,) generated-token counts (penalties only)
+
+    def parked(self) -> bool:
+        return self.tool is not None and not self.tool.done()
+
+
+def penalize(logits: torch.Tensor, counts: torch.Tensor | None, presence: float, frequency: float,
+             bias: dict[int, float]) -> torch.Tensor:
+    """OpenAI's presence/frequency penalties and logit_bias on one row of logits (V,) -> (V,)."""
+    out = logits.float().clone()
+    if counts is not None:
+        out -= counts * frequency + (counts > 0).float() * presence
+    for t, b in bias.items():
+        out[t] += b
+    return out
 
 
 class Batcher:
     """Owns one model; a daemon thread admits requests and runs batched decode steps."""
-    def __init__(self, model: GPT, tokenizer: Any, max_batch: int = 16, max_queue: int = 1024):
+    def __init__(self, model: GPT, tokenizer: Any, max_batch: int = 16, max_queue: int = 1024,
+                 tools: Callable[[str, str], str] | None = None):
         self.sample_next, self.StreamDecoder = sample_next, StreamDecoder
         self.model, self.tok = model, tokenizer
+        self.tools = tools
+        self.tool_pool = ThreadPoolExecutor(2, thread_name_prefix="chatforge-tool") if tools else None
+        self.specials = {i: name for name, i in getattr(tokenizer, "specials", {}).items()}
         self.cfg = model.config
         self.max_batch, self.max_queue = max_batch, max_queue
         p = next(model.parameters())
@@ -111,6 +150,8 @@ class Batcher:
         self._stop = True
         self.pending.put(None)  # type: ignore[arg-type]  # wake the thread
         self.thread.join(timeout=5)
+        if self.tool_pool is not None:
+            self.tool_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ worker loop
     def _loop(self) -> None:
@@ -173,15 +214,22 @@ class Batcher:
     @torch.no_grad()
     def _step(self) -> None:
         rows = self.rows
+        parked = [r.parked() for r in rows]
+        if all(parked):            # every row waits for a tool: nothing to compute yet
+            time.sleep(0.005)
+            return
         tokens = torch.tensor([r.last for r in rows], device=self.device)
         pos = torch.tensor([r.pos for r in rows], device=self.device)
         with self.autocast:
             logits = decode_step(self.model, tokens, pos, self.k, self.v)   # (B, V)
-        for r in rows:
-            r.pos += 1
+        live = []
+        for r, p in zip(rows, parked):
+            if not p:      # a parked row rewrote the same key/value at the same position: no progress
+                r.pos += 1
+                live.append(r)
         self.stats["steps"] += 1
         self.stats["max_active"] = max(self.stats["max_active"], len(rows))
-        self._sample_and_emit(rows, logits)
+        self._sample_and_emit(live, logits[[i for i, p in enumerate(parked) if not p]])
 
     def _sample_and_emit(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample one token per row (its own params/generator), emit text, retire finished rows."""
@@ -196,22 +244,20 @@ class Batcher:
             if req.cancelled.is_set():
                 done.append((r, ""))
                 continue
-            tok = int(self.sample_next(logits[i:i + 1], req.temperature, req.top_k, req.top_p, r.gen)[0])
+            forced = bool(r.forced)
+            tok, info = (r.forced.popleft(), None) if forced else self._sample(r, logits[i], logp, i)
             r.last = tok
             r.n_out += 1
             self.stats["tokens"] += 1
-            info = None
-            if req.logprobs is not None:
-                info = {"id": tok, "logprob": float(logp[i, tok])}
-                if req.logprobs > 0:
-                    top = torch.topk(logp[i], req.logprobs)
-                    info["top"] = [(int(t), float(v)) for v, t in zip(top.values, top.indices)]
-            if tok in req.stop_tokens:        # the stop token itself is not part of the answer
+            if tok in req.stop_tokens and not forced:   # the stop token itself is not part of the answer
                 r.text += self._end_text(r)
                 self._flush(r, None, final=True)
                 done.append((r, "stop"))
                 continue
-            r.text += r.decoder.push(tok)
+            if req.structured and (tok in self.specials or r.mode != "text"):
+                self._structure(r, tok)
+            else:
+                r.text += r.decoder.push(tok)
             finish = None
             if req.stop:
                 hits = [r.text.find(s, max(0, r.sent - len(s))) for s in req.stop]
@@ -229,6 +275,52 @@ class Batcher:
             if reason:
                 r.req.emit("done", r.choice, reason, r.n_out)
             self._retire(r)
+
+    def _sample(self, r: _Row, logits: torch.Tensor, logp: torch.Tensor | None, i: int) -> tuple[int, dict | None]:
+        """One sampled token of row r from its logits (V,), with penalties and logprob info."""
+        req = r.req
+        if req.presence_penalty or req.frequency_penalty or req.logit_bias:
+            logits = penalize(logits, r.counts, req.presence_penalty, req.frequency_penalty, req.logit_bias)
+        tok = int(self.sample_next(logits[None], req.temperature, req.top_k, req.top_p, r.gen)[0])
+        if req.presence_penalty or req.frequency_penalty:
+            if r.counts is None:
+                r.counts = torch.zeros(logits.shape[-1], device=logits.device)
+            r.counts[tok] += 1
+        info = None
+        if req.logprobs is not None:
+            info = {"id": tok, "logprob": float(logp[i, tok])}
+            if req.logprobs > 0:
+                top = torch.topk(logp[i], req.logprobs)
+                info["top"] = [(int(t), float(v)) for v, t in zip(top.values, top.indices)]
+        return tok, info
+
+    def _structure(self, r: _Row, tok: int) -> None:
+        """The tool syntax of a chat row (the state machine of ``Engine._watch_tools``, plus events)."""
+        name = self.specials.get(tok)
+        if name in ("<|tool_start|>", "<|output_start|>"):
+            self._flush(r, None, final=True)          # a stop string cannot span a tool call
+            r.mode, r.held = ("call" if name == "<|tool_start|>" else "output"), []
+        elif name == "<|tool_end|>" and r.mode == "call":
+            tool, _, inp = self.tok.decode(r.held).partition("\n")
+            r.req.emit("tool_call", r.choice, tool.strip(), inp)
+            r.mode = "text"
+            if self.tool_pool is not None:
+                r.tool = self.tool_pool.submit(self._run_tool, r, tool.strip(), inp)
+        elif name == "<|output_end|>" and r.mode == "output":
+            r.req.emit("tool_output", r.choice, self.tok.decode(r.held))
+            r.mode = "text"
+        elif name is None:
+            r.held.append(tok)
+        # any other control token is dropped: it never becomes text
+
+    def _run_tool(self, r: _Row, name: str, inp: str) -> None:
+        """On the tool pool: run the call, queue its output tokens (the row un-parks when this returns)."""
+        try:
+            out = str(self.tools(name, inp))
+        except Exception as e:   # a failing tool is reported to the model, not raised
+            out = f"error: {type(e).__name__}: {e}"
+        sp = self.tok.special
+        r.forced.extend([sp("<|output_start|>"), *self.tok.encode(out), sp("<|output_end|>")])
 
     def _end_text(self, r: _Row) -> str:
         """Bytes the UTF-8 decoder still holds (an incomplete character becomes U+FFFD)."""
