@@ -1,83 +1,161 @@
-"""The web UI in headless Chromium (Debian's chromium + Playwright): chat with streaming, the
-playground's token candidates, the tokenizer page, and an arena vote. Skips without Chromium."""
+"""The web UI in headless Chromium (Debian's chromium + Playwright) at 1280 px and at a phone's 390 px:
+chat with streaming and tool parts, per-tab model pickers, the chat's default stage, the playground's
+token candidates, the tokenizer page (no U+FFFD), an arena vote, and a long chat on a phone that is
+trimmed, not broken. Screenshots go to $CHATFORGE_SCREENSHOTS (default: the test's tmp dir).
+Skips without Chromium."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from serve_helpers import LiveServer, tiny_model, tiny_tokenizer
+from test_serve_chat import scripted, tool_script
+
+from chatforge.assistant.tools import ToolBox
+from chatforge.report import update_results
+from chatforge.serve.server import create_app
 
 CHROMIUM = os.environ.get("CHATFORGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DONE = "document.getElementById('chat-status').textContent.match(/^(done|not sent)/)"
 
 
-def test_web_ui_chat_playground_tokenizer_arena(tmp_path):
+def chat_turn(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function(DONE)
+    assert page.inner_text("#chat-status").startswith("done"), page.inner_text("#chat-status")
+
+
+def fits(page, selector: str, width: int) -> bool:
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip("chromium not installed (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from chatforge.serve.server import create_app
+    run = tmp_path_factory.mktemp("run")
+    update_results(run, "rl", {"conditions": {"grpo": {"rate": 0.6}, "sft": {"rate": 0.4}},
+                               "diffs": {"grpo - sft": {"delta": 0.2, "ci": [0.05, 0.35]}}})
     tok = tiny_tokenizer()
-    srv = LiveServer(create_app({"base": (tiny_model("llama", 0), tok), "sft": (tiny_model("gpt2", 1), tok)},
-                                run_dir=tmp_path))
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page()
-            page.set_default_timeout(60000)     # the CI box is shared; waits end as soon as the UI is ready
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            chunks: list[str] = []
-            page.on("response", lambda r: chunks.append(r.url) if "/v1/chat/completions" in r.url else None)
-            page.goto(srv.url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
-            assert page.input_value("#model") == "sft"          # chat picks the most finished stage
+    app = create_app({"base": (tiny_model("llama", 0), tok), "sft": (tiny_model("gpt2", 1), tok),
+                      "rl": (tiny_model("llama", 2), tok)}, run_dir=run, tools=ToolBox())
+    srv = LiveServer(app)
+    shots = Path(os.environ.get("CHATFORGE_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield srv, browser, run, shots, app
+        browser.close()
+    srv.stop()
 
-            # chat: a streamed answer appears and the status says done
-            page.fill("#system", "Be brief.")
-            page.fill("#prompt", "What is 12*7?")
-            page.click("#send")
-            page.wait_for_function("document.getElementById('chat-status').textContent.startsWith('done')"
-                                   " || document.querySelector('.msg.error')")
-            assert page.query_selector(".msg.error") is None
-            assert page.inner_text(".msg.user") == "What is 12*7?"
-            assert len(page.inner_text(".msg.assistant")) > 0 and chunks
 
-            # playground: each generated token shows its top candidates with probabilities
-            page.click("button[data-tab=playground]")
-            page.select_option("#model", "base")
-            page.fill("#pg-prompt", "Once upon a time")
-            page.fill("#pg-max", "6")
-            page.click("#pg-go")
-            page.wait_for_function("document.querySelectorAll('#pg-out .tok:not(.prompt)').length >= 1")
-            page.click("#pg-out .tok:not(.prompt)")
-            assert page.locator(".cands tr").count() == 1 + 5 and "%" in page.inner_text("#pg-detail")
+def open_page(ui, width: int, height: int):
+    srv, browser = ui[0], ui[1]
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60000)     # the CI box is shared; waits end as soon as the UI is ready
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(srv.url + "/")
+    page.wait_for_function("document.querySelectorAll('#chat-model option').length === 3")
+    return page, errors
 
-            # tokenizer: coloured tokens, ids and counts
-            page.click("button[data-tab=tokenizer]")
-            page.fill("#tok-text", "Hello world!")
-            page.click("#tok-go")
-            page.wait_for_function("document.getElementById('tok-count').textContent.includes('tokens')")
-            n = len(tok.encode("Hello world!"))
-            assert page.inner_text("#tok-count").startswith(f"{n} tokens")
-            assert page.locator("#tok-out .tok").count() == n
-            assert json.loads(page.inner_text("#tok-ids")) == tok.encode("Hello world!")
 
-            # arena: two anonymous answers, a vote, the models revealed, the leaderboard on disk
-            page.click("button[data-tab=arena]")
-            page.fill("#arena-prompt", "Say hi")
-            page.click("#arena-go")
-            page.wait_for_selector(".vote[data-winner=a]:not([disabled])")
-            page.click(".vote[data-winner=a]")
-            page.wait_for_function("document.getElementById('arena-status').textContent === 'vote recorded'")
-            page.wait_for_function("document.querySelectorAll('#leaderboard tbody tr').length === 2")
-            assert "Model A: " in page.inner_text("#arena-a-name")
-            browser.close()
-            assert errors == []
-        votes = json.loads((tmp_path / "arena" / "votes.json").read_text())
-        assert len(votes) == 1 and votes[0]["winner"] == "a"
-    finally:
-        srv.stop()
+def test_desktop_chat_tools_pickers_playground_tokenizer_arena(ui):
+    srv, _, run, shots, app = ui
+    page, errors = open_page(ui, 1280, 800)
+    assert page.input_value("#chat-model") == "rl"            # RL beat SFT in results.json
+    assert page.input_value("#pg-model") == "base"
+
+    # chat: the model's calculator call runs on the server and shows as readable blocks, no control text
+    b = app.state.served["rl"].batcher
+    b.sample_next = scripted(srv.tok if hasattr(srv, "tok") else tiny_tokenizer(), tool_script(tiny_tokenizer()), [])
+    page.fill("#system", "Be brief.")
+    page.fill("#temperature", "1")
+    chat_turn(page, "What is 12*7?")
+    assert page.inner_text(".msg.user") == "What is 12*7?"
+    assert page.inner_text(".tool.tool_call") == "calculator: 12*7" and page.inner_text(".tool.tool_output") == "→ 84"
+    assert "<|" not in page.inner_text("#messages")
+    b.sample_next = type(b).__init__.__globals__["sample_next"]
+    page.fill("#temperature", "0")
+    chat_turn(page, "Thanks")                                  # the reply with parts goes back as history
+    assert page.locator(".msg.assistant").count() == 2
+    page.screenshot(path=str(shots / "chat-1280.png"))
+
+    # playground: its own picker (base), each generated token shows its top candidates
+    page.click("button[data-tab=playground]")
+    page.fill("#pg-prompt", "Once upon a time")
+    page.fill("#pg-max", "6")
+    page.click("#pg-go")
+    page.wait_for_function("document.querySelectorAll('#pg-out .tok:not(.prompt)').length >= 1")
+    page.click("#pg-out .tok:not(.prompt)")
+    assert page.locator(".cands tr").count() == 1 + 5 and "%" in page.inner_text("#pg-detail")
+    assert page.input_value("#chat-model") == "rl"              # the chat's choice did not move
+
+    # tokenizer: coloured tokens and ids; partial UTF-8 bytes as \xNN, never U+FFFD
+    tok = tiny_tokenizer()
+    page.click("button[data-tab=tokenizer]")
+    page.fill("#tok-text", "Hello 😀 world!")
+    page.click("#tok-go")
+    page.wait_for_function("document.getElementById('tok-count').textContent.includes('tokens')")
+    ids = tok.encode("Hello 😀 world!")
+    assert page.inner_text("#tok-count").startswith(f"{len(ids)} tokens")
+    assert page.locator("#tok-out .tok").count() == len(ids) and json.loads(page.inner_text("#tok-ids")) == ids
+    shown = page.inner_text("#tok-out")
+    assert "\ufffd" not in shown and "\\x" in shown and page.locator("#tok-out .partial").count() >= 2
+    assert "😀" in page.locator("#tok-out .partial").first.get_attribute("title")
+    page.screenshot(path=str(shots / "tokenizer-1280.png"))
+
+    # arena: two anonymous answers, a vote, the models revealed, the leaderboard on disk
+    page.click("button[data-tab=arena]")
+    page.fill("#arena-prompt", "Say hi")
+    page.click("#arena-go")
+    page.wait_for_selector(".vote[data-winner=a]:not([disabled])")
+    page.click(".vote[data-winner=a]")
+    page.wait_for_function("document.getElementById('arena-status').textContent === 'vote recorded'")
+    page.wait_for_function("document.querySelectorAll('#leaderboard tbody tr').length === 3")
+    assert "Model A: " in page.inner_text("#arena-a-name")
+    votes = json.loads((run / "arena" / "votes.json").read_text())
+    assert len(votes) == 1 and votes[0]["winner"] == "a"
+    assert errors == []
+    page.close()
+
+
+def test_phone_width_long_chat_is_trimmed_and_usable(ui):
+    shots = ui[3]
+    page, errors = open_page(ui, 390, 844)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390     # nothing wider than the screen
+    assert not page.locator("#settings").evaluate("d => d.open")           # settings folded on a phone
+    assert page.locator("#prompt").bounding_box()["width"] >= 200
+    assert fits(page, "#send", 390) and fits(page, "#stop", 390) and fits(page, "#prompt", 390)
+    page.click("#settings summary")
+    page.fill("#max_tokens", "8")
+    page.select_option("#chat-model", "sft")
+    page.click("#settings summary")
+    page.fill("#prompt", "fox " * 300)                      # cannot fit at all: shown, not kept, not fatal
+    page.click("#send")
+    page.wait_for_function(DONE)
+    assert page.inner_text("#chat-status").startswith("not sent") and "context length" in page.inner_text(".msg.error")
+    assert page.locator(".msg.not-sent").count() == 1
+    for turn in range(20):                                  # the 96-token context fills after a few turns
+        chat_turn(page, f"turn {turn}: tell me about the quick brown fox")
+    assert page.locator(".msg.assistant:not(.error)").count() == 20
+    assert "oldest messages no longer fit" in page.inner_text("#chat-status")
+    assert page.locator(".msg.out-of-context").count() >= 10
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(shots / "chat-390.png"))
+    page.click("button[data-tab=tokenizer]")
+    assert fits(page, "#tok-go", 390) and fits(page, "#tok-model", 390)
+    page.click("button[data-tab=arena]")
+    page.screenshot(path=str(shots / "arena-390.png"))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert errors == []
+    page.close()

@@ -18,7 +18,7 @@ async function api(path, body) {
   return data;
 }
 
-// POST with stream: true; calls onChunk(obj) for every server-sent event until [DONE].
+// POST with stream: true; calls onChunk(obj) for every server-sent event until [DONE]; returns the headers.
 async function stream(path, body, onChunk, signal) {
   const r = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
   if (!r.ok) {
@@ -38,13 +38,14 @@ async function stream(path, body, onChunk, signal) {
       for (const line of event.split("\n")) {
         if (!line.startsWith("data: ")) continue;
         const payload = line.slice(6);
-        if (payload === "[DONE]") return;
+        if (payload === "[DONE]") return r.headers;
         const obj = JSON.parse(payload);
         if (obj.error) throw new Error(obj.error.message);
         onChunk(obj);
       }
     }
   }
+  return r.headers;
 }
 
 const num = (id) => { const v = $(id).value.trim(); return v === "" ? undefined : Number(v); };
@@ -59,22 +60,30 @@ document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("cli
 $("apikey").value = localStorage.getItem("chatforge-key") || "";
 $("apikey").addEventListener("change", () => { localStorage.setItem("chatforge-key", $("apikey").value); loadModels(); });
 
+// each tab has its own model picker: chat starts on the best assistant stage the server names
+// (chat_default: RL only if it beat SFT in results.json), the playground on the base model
 async function loadModels() {
   try {
     const data = await api("/v1/models");
-    const sel = $("model"), prev = sel.value;
-    sel.innerHTML = "";
-    for (const m of data.data) {
-      const o = document.createElement("option"); o.value = o.textContent = m.id; sel.appendChild(o);
-    }
-    // chat defaults to the most finished stage: rl, then sft, then whatever comes first
     const ids = data.data.map((m) => m.id);
-    sel.value = ids.includes(prev) ? prev : (["rl", "sft"].find((x) => ids.includes(x)) || ids[0] || "");
+    const want = { chat: data.chat_default, base: ids.includes("base") ? "base" : null, any: data.chat_default };
+    document.querySelectorAll(".model-pick").forEach((sel) => {
+      const prev = sel.value;
+      sel.innerHTML = "";
+      for (const id of ids) { const o = document.createElement("option"); o.value = o.textContent = id; sel.appendChild(o); }
+      sel.value = ids.includes(prev) ? prev : (want[sel.dataset.pick] || ids[0] || "");
+    });
+    showChatModel();
   } catch (e) { $("chat-status").textContent = "could not list models: " + e.message; }
 }
 
+function showChatModel() { $("chat-model-name").textContent = "model: " + $("chat-model").value; }
+$("chat-model").addEventListener("change", showChatModel);
+// on a phone the settings start folded so the conversation gets the screen
+if (window.matchMedia("(max-width: 700px)").matches) $("settings").open = false;
+
 // ---------------------------------------------------------------- chat
-let history = [];          // [{role, content}]
+let history = [];          // [{role, content, div}]; content is a string or parts (text, tool_call, tool_output)
 let controller = null;     // AbortController of the running stream
 
 function addMessage(role, text) {
@@ -84,36 +93,75 @@ function addMessage(role, text) {
   return d;
 }
 
+// an assistant reply as it streams: text, and tool calls/outputs shown as readable blocks
+function replyView(div) {
+  const parts = [];
+  let textNode = null;
+  return {
+    parts,
+    text(t) {
+      if (!t) return;
+      if (!textNode) { textNode = document.createTextNode(""); div.appendChild(textNode); parts.push({ type: "text", text: "" }); }
+      textNode.data += t; parts[parts.length - 1].text += t;
+    },
+    part(p) {
+      parts.push(p); textNode = null;
+      const b = document.createElement("div");
+      b.className = "tool " + p.type;
+      b.textContent = p.type === "tool_call" ? `${p.name}: ${p.input}` : `→ ${p.text}`;
+      div.appendChild(b);
+    },
+  };
+}
+
+function markTrimmed(n) {
+  // the server left out the n oldest messages (they no longer fit the model's context)
+  history.forEach((m, i) => m.div.classList.toggle("out-of-context", i < n));
+  return n ? ` · the ${n} oldest messages no longer fit the context and were left out` : "";
+}
+
 async function sendChat(ev) {
   ev.preventDefault();
   const text = $("prompt").value.trim();
   if (!text || controller) return;
   $("prompt").value = "";
-  history.push({ role: "user", content: text });
-  addMessage("user", text);
+  history.push({ role: "user", content: text, div: addMessage("user", text) });
   const div = addMessage("assistant", "");
+  const view = replyView(div);
   const messages = [];
   const sys = $("system").value.trim();
   if (sys) messages.push({ role: "system", content: sys });
-  messages.push(...history);
-  const body = { model: $("model").value, messages, stream: true, temperature: num("temperature"),
+  messages.push(...history.map((m) => ({ role: m.role, content: m.content })));
+  const body = { model: $("chat-model").value, messages, stream: true, temperature: num("temperature"),
     top_p: num("top_p"), max_tokens: num("max_tokens"), seed: num("seed") };
   const k = num("top_k"); if (k) body.top_k = k;
   controller = new AbortController();
   $("send").disabled = true; $("stop").disabled = false; $("chat-status").textContent = "generating…";
-  let answer = "", finish = "";
+  let finish = "", ok = true;
   try {
-    await stream("/v1/chat/completions", body, (c) => {
+    const h = await stream("/v1/chat/completions", body, (c) => {
       const ch = c.choices[0];
-      if (ch.delta && ch.delta.content) { answer += ch.delta.content; div.textContent = answer; $("messages").scrollTop = 1e9; }
+      if (ch.delta && ch.delta.content) view.text(ch.delta.content);
+      if (ch.delta && ch.delta.parts) ch.delta.parts.forEach((p) => view.part(p));
+      $("messages").scrollTop = 1e9;
       if (ch.finish_reason) finish = ch.finish_reason;
     }, controller.signal);
-    $("chat-status").textContent = "done (" + finish + ")";
+    $("chat-status").textContent = "done (" + finish + ")" + markTrimmed(Number(h.get("x-chatforge-trimmed-messages") || 0));
   } catch (e) {
     if (e.name === "AbortError") $("chat-status").textContent = "stopped";
-    else { div.classList.add("error"); div.textContent = answer + "\n[error] " + e.message; $("chat-status").textContent = ""; }
+    else {   // a failed turn is shown but not kept: the next message must not fail because of it
+      ok = false;
+      const err = document.createElement("div"); err.className = "error"; err.textContent = "[error] " + e.message;
+      div.classList.add("error"); div.appendChild(err);
+      history.pop().div.classList.add("not-sent");
+      $("chat-status").textContent = "not sent: " + e.message;
+    }
   }
-  history.push({ role: "assistant", content: answer });
+  if (ok) {
+    const plain = view.parts.every((p) => p.type === "text");
+    history.push({ role: "assistant", div,
+      content: plain ? view.parts.map((p) => p.text).join("") : view.parts });
+  }
   controller = null; $("send").disabled = false; $("stop").disabled = true;
 }
 
@@ -144,7 +192,7 @@ $("pg-go").addEventListener("click", async () => {
   const ps = document.createElement("span"); ps.className = "tok prompt"; ps.textContent = prompt; out.appendChild(ps);
   let n = 0;
   try {
-    await stream("/v1/completions", { model: $("model").value, prompt, stream: true, max_tokens: num("pg-max"),
+    await stream("/v1/completions", { model: $("pg-model").value, prompt, stream: true, max_tokens: num("pg-max"),
       temperature: num("pg-temp"), logprobs: num("pg-top") }, (c) => {
       const ch = c.choices[0], lp = ch.logprobs;
       if (!lp) { if (ch.text) out.appendChild(document.createTextNode(ch.text)); return; }
@@ -162,16 +210,41 @@ $("pg-go").addEventListener("click", async () => {
 });
 
 // ---------------------------------------------------------------- tokenizer
+// byte-level BPE splits a character's UTF-8 bytes across tokens: such tokens show their bytes (\xNN,
+// from the server's "display") and, on hover, the character their group of tokens forms
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+function utf8Groups(tokens) {
+  const groups = [];    // [start, end) index ranges whose bytes decode together
+  let i = 0;
+  while (i < tokens.length) {
+    let j = i, bytes = [], text = null;
+    while (j < tokens.length && j - i < 8) {
+      bytes = bytes.concat(tokens[j].bytes); j++;
+      try { text = strictUtf8.decode(new Uint8Array(bytes)); break; } catch (e) { text = null; }
+    }
+    if (text === null) j = i + 1;
+    groups.push({ start: i, end: j, text });
+    i = j;
+  }
+  return groups;
+}
+
 $("tok-go").addEventListener("click", async () => {
   try {
     const text = $("tok-text").value;
-    const data = await api("/v1/tokenize", { model: $("model").value, text });
+    const data = await api("/v1/tokenize", { model: $("tok-model").value, text });
     const out = $("tok-out"); out.innerHTML = "";
-    data.tokens.forEach((t, i) => {
-      const s = document.createElement("span");
-      s.className = "tok t" + (i % 6); s.textContent = t.text; s.title = "id " + t.id;
-      out.appendChild(s);
-    });
+    for (const g of utf8Groups(data.tokens)) {
+      for (let i = g.start; i < g.end; i++) {
+        const t = data.tokens[i], s = document.createElement("span");
+        const partial = g.end - g.start > 1 || g.text === null;
+        s.className = "tok t" + (i % 6) + (partial ? " partial" : "");
+        s.textContent = t.display;
+        s.title = "id " + t.id + (partial ? ` · bytes ${t.bytes.map((b) => b.toString(16).toUpperCase().padStart(2, "0")).join(" ")}` +
+          (g.text !== null ? ` · part of "${g.text}"` : "") : "");
+        out.appendChild(s);
+      }
+    }
     $("tok-ids").textContent = "[" + data.tokens.map((t) => t.id).join(", ") + "]";
     $("tok-count").textContent = `${data.count} tokens, ${text.length} characters` +
       (data.count ? `, ${(text.length / data.count).toFixed(2)} chars/token` : "");
