@@ -229,7 +229,9 @@ class Batcher:
                 live.append(r)
         self.stats["steps"] += 1
         self.stats["max_active"] = max(self.stats["max_active"], len(rows))
-        self._sample_and_emit(live, logits[[i for i, p in enumerate(parked) if not p]])
+        if len(live) < len(rows):
+            logits = logits[[i for i, p in enumerate(parked) if not p]]
+        self._sample_and_emit(live, logits)
 
     def _sample_and_emit(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample one token per row (its own params/generator), emit text, retire finished rows."""
