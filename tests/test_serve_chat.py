@@ -255,6 +255,14 @@ def test_standard_fields_accepted_applied_or_warned(srv):
                                                                  "response_format": {"type": "json_object"}})
     warn = h.get("Warning", h.get("warning", ""))
     assert st == 200 and "tools" in warn and "tool_choice" in warn and "store" in warn and "json_object" in warn
+    import openai       # the official client with developer, assistant tool_calls (content null) and tool roles
+    c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    r = c.chat.completions.create(model="sft", max_tokens=4, temperature=0, frequency_penalty=0.5, messages=[
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "What is 12*7?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "12*7"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "84"}])
+    assert r.choices[0].finish_reason in ("stop", "length") and "<|" not in (r.choices[0].message.content or "")
     target = tok.encode("fox")[0]
     st, h, out = call(srv.port, "POST", "/v1/completions", {"model": "sft", "prompt": "a", "max_tokens": 5,
                                                             "temperature": 1.0, "logit_bias": {str(target): 100}})
