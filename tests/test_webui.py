@@ -98,6 +98,7 @@ def test_desktop_chat_tools_pickers_playground_tokenizer_arena(ui):
     page.wait_for_function("document.querySelectorAll('#pg-out .tok:not(.prompt)').length >= 1")
     page.click("#pg-out .tok:not(.prompt)")
     assert page.locator(".cands tr").count() == 1 + 5 and "%" in page.inner_text("#pg-detail")
+    assert "\ufffd" not in page.inner_text("#pg-out") + page.inner_text("#pg-detail")
     assert page.input_value("#chat-model") == "rl"              # the chat's choice did not move
 
     # tokenizer: coloured tokens and ids; partial UTF-8 bytes as \xNN, never U+FFFD

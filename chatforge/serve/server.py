@@ -491,8 +491,11 @@ class CompletionResult:
         return {"tokens": [piece(tok, info["id"])], "token_logprobs": [info["logprob"]],
                 "top_logprobs": [{piece(tok, t): v for t, v in top}] if self.body.logprobs else None,
                 "text_offset": [offset],
-                # extension: OpenAI's dict merges candidates whose pieces print alike (partial UTF-8)
-                "top_candidates": [[{"id": t, "token": piece(tok, t), "logprob": v} for t, v in top]]}
+                # extensions: OpenAI's dict merges candidates whose pieces print alike (partial UTF-8);
+                # "display" shows partial characters as \xNN bytes instead of U+FFFD
+                "displays": [token_display(tok.decode_bytes([info["id"]]))],
+                "top_candidates": [[{"id": t, "token": piece(tok, t), "display": token_display(tok.decode_bytes([t])),
+                                     "logprob": v} for t, v in top]]}
 
     def on(self, ev: tuple) -> dict | None:
         """Record one event; the streamed choice it makes (None for events a completion ignores)."""
@@ -515,7 +518,7 @@ class CompletionResult:
         for c in range(self.body.n):
             lp, blocks = None, self.lps[c]
             if self.body.logprobs is not None:
-                lp = {k: [x[k][0] for x in blocks] for k in ("tokens", "token_logprobs", "text_offset",
+                lp = {k: [x[k][0] for x in blocks] for k in ("tokens", "token_logprobs", "text_offset", "displays",
                                                               "top_candidates")}
                 lp["top_logprobs"] = [x["top_logprobs"][0] for x in blocks] if self.body.logprobs else None
             out.append({"index": c, "text": self.texts[c], "logprobs": lp, "finish_reason": self.finish[c]})
@@ -817,6 +820,8 @@ def cli(argv: list[str]) -> None:
         rd = run_dir(cfg.run) if cfg.run else None
         tools = default_tools(load_world(rd) if rd is not None and (rd / "world" / "world.json").exists() else None)
     app = create_app(models, votes_dir, key or None, max_batch=cfg.max_batch, tools=tools)
+    if app.state.cf.chat_default:
+        print0(f"serve: the web chat starts on '{app.state.cf.chat_default}' (RL only if it beat SFT in results.json)")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print0(f"serve: WARNING: listening on {cfg.host} without an API key")
     print0(f"serve: http://{cfg.host}:{cfg.port}/  (API at /v1, spec at /openapi.json)")

@@ -178,11 +178,11 @@ function showCandidates(span, info) {
   const cands = info.cands || Object.entries(info.top || {}).map(([token, logprob]) => ({ token, logprob }));
   const rows = cands.sort((a, b) => b.logprob - a.logprob).map((c) => {
     const p = Math.exp(c.logprob);
-    return `<tr><td><code>${escapeHtml(JSON.stringify(c.token))}</code>${c.id === undefined ? "" : " <small>id " + c.id + "</small>"}</td>` +
+    return `<tr><td><code>${escapeHtml(JSON.stringify(c.display || c.token).replace(/\\\\x/g, "\\x"))}</code>${c.id === undefined ? "" : " <small>id " + c.id + "</small>"}</td>` +
       `<td>${(100 * p).toFixed(2)}%</td>` +
       `<td><span class="bar" style="width:${Math.round(200 * p)}px"></span></td></tr>`;
   }).join("");
-  $("pg-detail").innerHTML = `chosen <code>${escapeHtml(JSON.stringify(info.token))}</code> p=${(100 * Math.exp(info.logprob)).toFixed(2)}%` +
+  $("pg-detail").innerHTML = `chosen <code>${escapeHtml(JSON.stringify(info.token).replace(/\\\\x/g, "\\x"))}</code> p=${(100 * Math.exp(info.logprob)).toFixed(2)}%` +
     `<table class="cands"><tr><th>candidate</th><th>p</th><th></th></tr>${rows}</table>`;
 }
 
@@ -198,8 +198,8 @@ $("pg-go").addEventListener("click", async () => {
       if (!lp) { if (ch.text) out.appendChild(document.createTextNode(ch.text)); return; }
       lp.tokens.forEach((tok, i) => {
         const s = document.createElement("span");
-        s.className = "tok t" + (n++ % 6); s.textContent = tok;
-        const info = { token: tok, logprob: lp.token_logprobs[i], top: (lp.top_logprobs || [])[i],
+        s.className = "tok t" + (n++ % 6); s.textContent = (lp.displays || lp.tokens)[i];
+        const info = { token: (lp.displays || lp.tokens)[i], logprob: lp.token_logprobs[i], top: (lp.top_logprobs || [])[i],
           cands: (lp.top_candidates || [])[i] };
         s.title = "p=" + (100 * Math.exp(info.logprob)).toFixed(1) + "%";
         s.addEventListener("click", () => showCandidates(s, info));
