@@ -8,6 +8,8 @@ from functools import lru_cache
 
 import torch
 
+from chatforge.model.engine import sample_next
+
 TEXTS = ["Hello world! The quick brown fox jumps over the lazy dog. " * 3,
          "Once upon a time there was a small model that liked numbers: 12*7=84.",
          "What is the capital of France? Paris is the capital of France."] * 10
@@ -65,3 +67,20 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def scripted(script: list[int], seen: list[torch.Tensor]):
+    """A sampler that plays ``script`` for temperature > 0 (recording the logits it was given) and
+    is greedy for temperature 0."""
+    def sample(logits, temperature, top_k, top_p, gen):
+        if temperature == 0:
+            return sample_next(logits, 0.0)
+        seen.append(logits[0].clone())
+        return torch.tensor([script.pop(0)])
+    return sample
+
+
+def tool_script(tok, expr="12*7", after=" so"):
+    sp = tok.special
+    return [sp("<|tool_start|>"), *tok.encode("calculator\n" + expr), sp("<|tool_end|>"), *tok.encode(after),
+            sp("<|assistant_end|>")]

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from serve_helpers import LiveServer, tiny_model, tiny_tokenizer
+from serve_helpers import LiveServer, scripted, tiny_model, tiny_tokenizer, tool_script
 
 from chatforge.assistant.tools import ToolBox
 from chatforge.common import CfError
@@ -114,25 +114,6 @@ def test_penalize_matches_openai_definition():
 
 # ----------------------------------------------------------------------------- tools in the batcher
 
-def scripted(tok, script: list[int], seen: list[torch.Tensor]):
-    """A sampler that plays ``script`` for temperature > 0 (recording the logits it was given) and
-    is greedy for temperature 0."""
-    real = Batcher.__init__.__globals__["sample_next"]
-
-    def sample(logits, temperature, top_k, top_p, gen):
-        if temperature == 0:
-            return real(logits, 0.0)
-        seen.append(logits[0].clone())
-        return torch.tensor([script.pop(0)])
-    return sample
-
-
-def tool_script(tok, expr="12*7", after=" so"):
-    sp = tok.special
-    return [sp("<|tool_start|>"), *tok.encode("calculator\n" + expr), sp("<|tool_end|>"), *tok.encode(after),
-            sp("<|assistant_end|>")]
-
-
 def test_batcher_runs_tools_in_a_parked_row_with_exact_cache():
     """A tool call runs while its row is parked and another request keeps decoding; the logits the
     row samples from equal GPT.forward on the whole sequence (prompt, call, forced output, text)."""
@@ -146,7 +127,7 @@ def test_batcher_runs_tools_in_a_parked_row_with_exact_cache():
         return ToolBox()(name, inp)
 
     b = Batcher(model, tok, max_batch=4, tools=tools)
-    b.sample_next = scripted(tok, script, seen)
+    b.sample_next = scripted(script, seen)
     events: dict[str, list] = {"a": [], "b": []}
     prompt = tok.render_for_completion({"messages": [{"role": "user", "content": "What is 12*7?"}]})
     sp = tok.special
@@ -202,7 +183,7 @@ def test_chat_api_streams_tool_parts_and_never_control_text(srv):
     msgs = [{"role": "user", "content": "What is 12*7?"}]
     real = b.sample_next
     try:
-        b.sample_next = scripted(tok, tool_script(tok), [])
+        b.sample_next = scripted(tool_script(tok), [])
         st, h, out = call(srv.port, "POST", "/v1/chat/completions", {"model": "sft", "messages": msgs,
                                                                      "temperature": 1.0})
         assert st == 200, out
@@ -210,7 +191,7 @@ def test_chat_api_streams_tool_parts_and_never_control_text(srv):
         assert msg["content"] == " so" and "<|" not in json.dumps(out)
         assert msg["parts"] == [{"type": "tool_call", "name": "calculator", "input": "12*7"},
                                 {"type": "tool_output", "text": "84"}, {"type": "text", "text": " so"}]
-        b.sample_next = scripted(tok, tool_script(tok, "2**10", " ok"), [])
+        b.sample_next = scripted(tool_script(tok, "2**10", " ok"), [])
         st, h, text = call(srv.port, "POST", "/v1/chat/completions", {"model": "sft", "messages": msgs,
                                                                       "temperature": 1.0, "stream": True})
         deltas = [c["choices"][0]["delta"] for c in sse_events(text)]

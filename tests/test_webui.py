@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import LiveServer, tiny_model, tiny_tokenizer
-from test_serve_chat import scripted, tool_script
+from serve_helpers import LiveServer, scripted, tiny_model, tiny_tokenizer, tool_script
 
 from chatforge.assistant.tools import ToolBox
 from chatforge.report import update_results
@@ -77,14 +76,15 @@ def test_desktop_chat_tools_pickers_playground_tokenizer_arena(ui):
 
     # chat: the model's calculator call runs on the server and shows as readable blocks, no control text
     b = app.state.served["rl"].batcher
-    b.sample_next = scripted(srv.tok if hasattr(srv, "tok") else tiny_tokenizer(), tool_script(tiny_tokenizer()), [])
+    real = b.sample_next
+    b.sample_next = scripted(tool_script(tiny_tokenizer()), [])
     page.fill("#system", "Be brief.")
     page.fill("#temperature", "1")
     chat_turn(page, "What is 12*7?")
     assert page.inner_text(".msg.user") == "What is 12*7?"
     assert page.inner_text(".tool.tool_call") == "calculator: 12*7" and page.inner_text(".tool.tool_output") == "→ 84"
     assert "<|" not in page.inner_text("#messages")
-    b.sample_next = type(b).__init__.__globals__["sample_next"]
+    b.sample_next = real
     page.fill("#temperature", "0")
     chat_turn(page, "Thanks")                                  # the reply with parts goes back as history
     assert page.locator(".msg.assistant").count() == 2
