@@ -1,14 +1,23 @@
-"""Sandbox security: every attack is stopped, reported as a tool error, and the next call works."""
+"""Sandbox security: every attack is stopped, reported as a tool error, and the next call works.
+
+Most tests need the OS wall (root: namespaces + seccomp, as in CI); without it every call is
+refused, which the last tests check, and the rest skip."""
+import ast
 import os
+import shutil
 import uuid
 
 import pytest
 
+from chatforge.assistant import sandbox
 from chatforge.assistant.sandbox import SandboxConfig, run_python
 from chatforge.assistant.tools import ToolBox
 
-CFG = SandboxConfig(wall_s=2.0, cpu_s=1, mem_mb=256, max_output_chars=500)
+CFG = SandboxConfig(wall_s=2.5, cpu_s=1, mem_mb=256, max_output_chars=500)
+WALL_ONLY = SandboxConfig(wall_s=4.0, cpu_s=1, mem_mb=256, max_output_chars=500, tripwire=False)
 BENIGN = "print(sum(range(10)))"
+ISOLATED = run_python(BENIGN, CFG).ok
+pytestmark = pytest.mark.skipif(not ISOLATED, reason="no OS isolation here (needs root and namespaces)")
 
 
 def check_stopped(code: str, kinds: set[str]) -> str:
@@ -97,3 +106,134 @@ def test_cannot_raise_its_limits():
 def test_bad_input(code):
     r = run_python(code, CFG)
     assert r.error == "bad_input" and r.to_tool_output().startswith("error: ")
+
+
+# ----------------------------------------------------------------------------- issue 14's six escapes
+
+SHADOW = "print(open('/etc/shadow').read())"
+
+
+def test_escape_1_rebinding_builtins():
+    check_stopped("import builtins; builtins.any = lambda it: True; builtins.isinstance = lambda *a: True\n"
+                  + SHADOW, {"denied"})
+
+
+def test_escape_2_rebinding_os_fspath():
+    check_stopped("import os, os.path; w = os.getcwd(); os.fspath = lambda p: w\n"
+                  "os.path.realpath = lambda p, **k: w\n" + SHADOW, {"denied"})
+
+
+def test_escape_3_frames_of_the_sandbox():
+    out = check_stopped("import sys; print(sys._getframe(1).f_locals)", {"denied"})
+    assert "_getframe" in out
+    check_stopped("import sys; f = sys._getframe(1)\nfor c in f.f_back.f_code.co_consts: print(c)", {"denied"})
+
+
+def test_escape_4_str_subclass_import():
+    code = ("class S(str):\n"
+            "    def split(self, *a, **k): return ['harmless']\n"
+            "    def partition(self, *a): return ('harmless', '', '')\n"
+            "    def __eq__(self, o): return False\n"
+            "    __hash__ = str.__hash__\n"
+            "ps = __import__(S('_posixsubprocess'))\n"
+            "print('imported', ps)")
+    out = check_stopped(code, {"denied"})
+    assert "imported" not in out
+
+
+FORK_EXEC_SETSID = ("import subprocess\n"
+                    "p = subprocess.Popen(['/bin/sh', '-c', 'sleep 30'], start_new_session=True)\n"
+                    "print('started', p.pid)")
+
+
+def test_escape_5_setsid_process_outlives_the_call():
+    check_stopped(FORK_EXEC_SETSID, {"denied"})
+    r = run_python(FORK_EXEC_SETSID, WALL_ONLY)  # the wall alone: fork fails with EPERM (seccomp)
+    assert r.error == "denied" and "started" not in r.stdout, r
+    r = run_python("import os\nos.setsid()", WALL_ONLY)
+    assert r.error == "denied" and "Operation not permitted" in r.stderr, r
+
+
+def test_escape_6_pidfd_kills_the_host():
+    code = "import os, signal\nfd = os.pidfd_open(os.getppid())\nsignal.pidfd_send_signal(fd, signal.SIGKILL)"
+    check_stopped(code, {"denied"})
+    check_stopped("import signal\nsignal.pidfd_send_signal(0, signal.SIGKILL)", {"denied"})
+    r = run_python(code, WALL_ONLY)
+    assert r.error == "denied", r  # seccomp: EPERM (and there is no parent in its PID namespace)
+
+
+# ----------------------------------------------------------------------------- more of our own
+
+def test_stat_and_readlink_outside_the_roots():
+    check_stopped("import os; print(os.stat('/etc/shadow'))", {"denied"})
+    check_stopped("import os; print(os.path.exists('/root'))", {"denied"})
+    check_stopped("import os; print(os.readlink('/proc/self/exe'))", {"denied"})
+
+
+def test_no_threads_no_code_objects_no_trace():
+    check_stopped("import threading; t = threading.Thread(target=print); t.start()", {"denied", "exception"})
+    check_stopped("c = compile('1', 'x', 'eval').replace(co_code=b'd\\xff\\x00S')\nprint(eval(c))", {"denied"})
+    check_stopped("import sys; sys.settrace(lambda *a: None)", {"denied"})
+
+
+def test_write_through_a_symlink_and_rewrite_closures():
+    check_stopped("import os; os.symlink('/etc', 'e'); open('e/x', 'w')", {"denied"})
+    # the tripwire's wrappers can be unwrapped (cells are writable and readable without an audit
+    # event), but the original os.stat then finds nothing: the wall's root has no /etc
+    out = check_stopped("import os\norig = [c.cell_contents for c in os.stat.__closure__\n"
+                        "        if getattr(c.cell_contents, '__name__', '') == 'stat'][0]\n"
+                        "print(orig('/etc/shadow'))", {"exception"})
+    assert "FileNotFoundError" in out
+
+
+def test_standard_library_still_works():
+    code = ("import collections, enum, dataclasses, typing, statistics, fractions, re, json, pathlib\n"
+            "P = collections.namedtuple('P', 'x y')\n"
+            "class C(enum.Enum):\n    A = 1\n"
+            "pathlib.Path('f.txt').write_text('hi')\n"
+            "print(P(1, 2).x, C.A.value, statistics.mean([1, 2, 3]), pathlib.Path('f.txt').read_text())")
+    r = run_python(code, CFG)
+    assert r.ok and r.stdout.split() == ["1", "1", "2", "hi"], r
+
+
+def test_the_wall_alone():
+    """Without the audit hook the OS still refuses: no /etc/shadow, no writes outside the scratch
+    folder, no process, no signal to the parent, no network; and it runs as nobody, as PID 1."""
+    r = run_python("import os; print(os.getuid(), os.getgid(), os.getpid(), os.getcwd())", WALL_ONLY)
+    assert r.ok and r.stdout.split() == ["65534", "65534", "1", "/scratch"], r
+    target = f"/tmp/chatforge_sandbox_wall_{uuid.uuid4().hex}"
+    for code in (SHADOW, f"open({target!r}, 'w')", "open('/usr/x', 'w')", "import os; os.fork()",
+                 "import os; os.execv('/bin/sh', ['sh'])", "import os; os.kill(0, 9)",
+                 "import socket; socket.create_connection(('127.0.0.1', 22), timeout=1)"):
+        r = run_python(code, WALL_ONLY)
+        assert r.error in ("denied", "exception") and r.exit_code == 1, (code, r)
+    assert not os.path.exists(target)
+    r = run_python("import os; print(sorted(os.listdir('/')))", WALL_ONLY)
+    top = ast.literal_eval(r.stdout)
+    assert {"scratch", "usr", "dev"} <= set(top) and not {"etc", "home", "tmp", "proc", "work"} & set(top), r
+
+
+def test_labels_cpu_limit_and_output_limit():
+    slow = SandboxConfig(wall_s=8.0, cpu_s=1, mem_mb=256)  # a loaded CI machine: CPU second < wall second
+    r = run_python("import signal; signal.signal(signal.SIGXCPU, lambda *a: None)\nwhile True: pass", slow)
+    assert r.error == "cpu_limit", r
+    r = run_python("import sys\nfor _ in range(200): sys.stdout.write('x' * 2**20)", CFG)
+    assert r.error == "output_limit" and r.truncated, r
+
+
+def test_refuses_without_isolation(monkeypatch):
+    """A process without capabilities cannot build the wall: one clear line, unless --unsafe-python."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    plain = sandbox._child_cmd
+    monkeypatch.setattr(sandbox, "_child_cmd", lambda limits: [setpriv, "--bounding-set=-all", *plain(limits)])
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    r = run_python(BENIGN, CFG)
+    assert r.error == "unavailable" and "--unsafe-python" in r.to_tool_output(), r
+    assert len(r.to_tool_output().splitlines()) == 1
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    r = run_python(BENIGN, CFG)
+    assert r.ok and r.stdout.strip() == "45", r
+    check_stopped_with = run_python(SHADOW, CFG)  # the tripwire still stands
+    assert check_stopped_with.error == "denied"
