@@ -237,3 +237,14 @@ def test_refuses_without_isolation(monkeypatch):
     assert r.ok and r.stdout.strip() == "45", r
     check_stopped_with = run_python(SHADOW, CFG)  # the tripwire still stands
     assert check_stopped_with.error == "denied"
+
+
+def test_unsafe_python_flag_sets_the_env(monkeypatch):
+    import argparse
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    p = argparse.ArgumentParser()
+    sandbox.add_unsafe_python_arg(p)
+    sandbox.apply_unsafe_python_arg(p.parse_args([]))
+    assert not sandbox.unsafe_python_allowed(SandboxConfig())
+    sandbox.apply_unsafe_python_arg(p.parse_args(["--unsafe-python"]))
+    assert sandbox.unsafe_python_allowed(SandboxConfig())

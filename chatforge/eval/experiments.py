@@ -36,6 +36,7 @@ import torch
 from chatforge.assistant.convo import (answer_matches, ask, chat, gsm8k_items, IDENTITY_QUESTIONS,
                                        is_refusal, LETTER_STYLES, MATH_STYLES, parse_reply, sample_replies,
                                        system_prompt_for)
+from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tasks import math_correct
 from chatforge.assistant.tools import default_tools
 from chatforge.common import data_dir as common_data_dir
@@ -339,7 +340,9 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--data-dir", default="", help="folder holding gsm8k/, arc/, mmlu/, hellaswag/ "
                    "(default: $CHATFORGE_DATA, else ../shared/data beside the checkout)")
     p.add_argument("--device", default="auto")
+    add_unsafe_python_arg(p)
     args = p.parse_args(argv)
+    apply_unsafe_python_arg(args)
     if not args.experiments and not args.eval_set:
         raise CfError("chatforge eval: nothing to do; pass --experiments and/or --eval-set NAME[:N]")
     if args.n < 1:

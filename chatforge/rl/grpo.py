@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 import torch
 
+from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tasks import drop_overlong, exact_reward, load_task, prompt_tokens, rule_reward, with_style
 from chatforge.common import (CfError, Timer, add_config_args, atomic_write_json, autocast_ctx, config_from_args,
                               get_device, make_parser, print0, print_config, run_dir, seed_all, train_dtype)
@@ -484,7 +485,9 @@ def save_checkpoint_rl(out: Path, step: int, policy, tokenizer, cfg: RLConfig, m
 def cli(argv: list[str]) -> None:
     p = make_parser("chatforge rl", "reinforcement learning: GRPO on verifiable rewards, or RLHF (--algo reinforce)")
     add_config_args(p, RLConfig)
+    add_unsafe_python_arg(p)
     args = p.parse_args(argv)
+    apply_unsafe_python_arg(args)
     cfg = config_from_args(RLConfig, args)
     if cfg.algo in ("reinforce", "ppo") and not hasattr(args, "reward"):
         cfg = replace(cfg, reward="rm")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from chatforge.assistant.convo import parse_reply
+from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tools import default_tools
 from chatforge.common import (add_config_args, CfError, config_from_args, get_device, make_parser,
                               print_config, run_dir)
@@ -189,7 +190,9 @@ def chat_loop(session: ChatSession, inp: TextIO, out: TextIO, prompt: str = "> "
 def cli(argv: list[str]) -> None:
     p = make_parser("chatforge chat", "chat with a model in the terminal (" + HELP + ")")
     add_config_args(p, ChatConfig)
+    add_unsafe_python_arg(p)
     args = p.parse_args(argv)
+    apply_unsafe_python_arg(args)
     cfg = config_from_args(ChatConfig, args)
     if cfg.max_new_tokens < 1:
         raise CfError(f"--max-new-tokens: expected >= 1, got {cfg.max_new_tokens}")

@@ -47,6 +47,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tools import default_tools
 from chatforge.common import (add_config_args, CfError, config_from_args, get_device, make_parser, print0,
                               print_config, run_dir)
@@ -802,7 +803,9 @@ def cli(argv: list[str]) -> None:
     add_config_args(parser, ServeConfig)
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="serve a checkpoint under NAME (repeatable)")
+    add_unsafe_python_arg(parser)
     args = parser.parse_args(argv)
+    apply_unsafe_python_arg(args)
     cfg = config_from_args(ServeConfig, args)
     key = cfg.api_key or os.environ.get("CHATFORGE_API_KEY", "")
     print_config({**cfg.__dict__, "api_key": "***" if key else ""}, "serve config")

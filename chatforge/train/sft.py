@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from chatforge.assistant.convo import REAL_SOURCES
+from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.common import (CfError, Timer, add_config_args, autocast_ctx, config_from_args, data_dir, get_device,
                               make_parser, print0, print_config, run_dir, seed_all, train_dtype)
 from chatforge.model.batching import collate
@@ -221,7 +222,9 @@ def cli(argv: list[str]) -> None:
                         f"(sources: {', '.join(sorted(REAL_SOURCES))}; absent files are skipped)")
     p.add_argument("--data-dir", default="", help="folder holding the real data sets (default: $CHATFORGE_DATA, "
                    "else ../shared/data beside the checkout)")
+    add_unsafe_python_arg(p)
     args = p.parse_args(argv)
+    apply_unsafe_python_arg(args)
     cfg = config_from_args(SFTConfig, args)
     print_config(cfg, "sft config")
     if args.build_data:
