@@ -71,23 +71,37 @@ class CfError(Exception):
 # ----------------------------------------------------------------------------- atomic files
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+def atomic_path(path: str | os.PathLike, replace_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``.
 
     On any exception the temporary file (or folder) is removed and ``path`` is untouched,
-    so a crash never leaves a half-written artifact.
+    so a crash never leaves a half-written artifact. A folder written onto an existing folder
+    replaces only the entries it contains (each one renamed into place): files the caller did not
+    write are never deleted, unless ``replace_dir`` (a stage replacing its own step folder).
+    Files come out mode 0644, folders 0755 (some writers, e.g. safetensors, create 0600 files).
+    OS errors at the path (``/proc/x``, ``/dev/null/x``, read-only folders) become one-line CfErrors.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # the caller creates a file or a folder at tmp
-    tmp = Path(tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp_name)  # the caller creates a file or a folder at tmp
+    except OSError as e:
+        raise CfError(f"{path}: cannot write there ({e.strerror or e})") from None
+    tmp = Path(tmp_name)
     try:
         yield tmp
-        if path.is_dir() and tmp.is_dir():
-            _rmtree(path)
-        os.replace(tmp, path)
+        try:
+            _publish_modes(tmp)
+            if tmp.is_dir() and path.is_dir() and not path.is_symlink() and not replace_dir:
+                _merge_into(tmp, path)
+            else:
+                if replace_dir and tmp.is_dir() and path.is_dir():
+                    _rmtree(path)
+                os.replace(tmp, path)
+        except OSError as e:
+            raise CfError(f"{path}: cannot write there ({e.strerror or e})") from None
     except BaseException:
         if tmp.is_dir():
             _rmtree(tmp)
@@ -98,6 +112,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def _rmtree(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
+
+
+def _publish_modes(p: Path) -> None:
+    for q in [p, *p.rglob("*")] if p.is_dir() else [p]:
+        if not q.is_symlink():
+            os.chmod(q, 0o755 if q.is_dir() else 0o644)
+
+
+def _merge_into(src: Path, dst: Path) -> None:
+    """Move every entry of folder ``src`` into folder ``dst`` (same-named entries are replaced,
+    sub-folders merged the same way, nothing else in ``dst`` is touched), then remove ``src``."""
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
+            _merge_into(entry, target)
+        elif target.is_dir() and not target.is_symlink():
+            raise CfError(f"{target}: is a folder; expected a file or nothing (remove it first)")
+        else:
+            os.replace(entry, target)
+    src.rmdir()
+
+
+def check_out_dir(path: str | os.PathLike, force: bool, flag: str = "--out") -> Path:
+    """An output folder must be new or empty unless ``--force``; even then only the files the command
+    writes are replaced (atomic_path merges), so ``--out .`` can never wipe a working directory."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise CfError(f"{flag} {path}: exists and is not a folder")
+        if path.is_dir() and not force and any(path.iterdir()):
+            raise CfError(f"{flag} {path}: folder is not empty; pass --force to write into it "
+                          "(only the files this command writes are replaced)")
+    except OSError as e:
+        raise CfError(f"{flag} {path}: cannot use it ({e.strerror or e})") from None
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

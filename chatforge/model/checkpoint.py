@@ -148,7 +148,7 @@ def save_checkpoint(stage_dir: str | os.PathLike, step: int, model: nn.Module, t
     stage_dir.mkdir(parents=True, exist_ok=True)
     for stale in stage_dir.glob(".step_*.tmp"):  # leftovers of a killed save
         shutil.rmtree(stale, ignore_errors=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_dir=True) as tmp:  # our own step folder: replaced whole
         tmp.mkdir()
         save_file(tensors, str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "aliases": json.dumps(aliases)})

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from chatforge.common import atomic_path, atomic_write_json, CfError, make_parser, print0, read_json
+from chatforge.common import atomic_path, atomic_write_json, CfError, check_out_dir, make_parser, print0, read_json
 from chatforge.model.checkpoint import save_checkpoint
 from chatforge.model.gpt import GPT, GPTConfig
 
@@ -337,7 +337,10 @@ def cli(argv: list[str]) -> None:
     ap.add_argument("--format", choices=["hf", "llama2c"], default="hf", help="source format")
     ap.add_argument("--out", required=True, help="stage folder to write, e.g. runs/<name>/base")
     ap.add_argument("--step", type=int, default=0, help="step number of the written checkpoint")
+    ap.add_argument("--force", action="store_true",
+                    help="write into a non-empty --out (only the step folder written is replaced)")
     args = ap.parse_args(argv)
+    check_out_dir(args.out, args.force)
     model = from_hf(args.src) if args.format == "hf" else from_llama2c(args.src)
     # the source's tokenizer is not converted: the checkpoint has no tokenizer/ folder (pass one to
     # load_checkpoint(..., tokenizer=...) or copy a chatforge tokenizer folder beside model.safetensors)

@@ -31,8 +31,8 @@ import gguf
 import numpy as np
 import torch
 
-from chatforge.common import (add_config_args, atomic_path, atomic_write_json, CfError, config_from_args,
-                              make_parser, print0, print_config, write_meta)
+from chatforge.common import (add_config_args, atomic_path, atomic_write_json, CfError, check_out_dir,
+                              config_from_args, make_parser, print0, print_config, write_meta)
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.hf import hf_architecture, to_hf
 from chatforge.tokenizer.tokenizer import export_hf_tokenizer
@@ -222,6 +222,8 @@ class ExportConfig:
     out: str = field(default="", metadata={"help": "output folder"})
     dtype: str = field(default="f32", metadata={"help": "GGUF weight type", "choices": ["f32", "f16"]})
     name: str = field(default="", metadata={"help": "model name stored in the GGUF (default: from the path)"})
+    force: bool = field(default=False, metadata={
+        "help": "write into a non-empty --out (only the files the export writes are replaced)"})
 
 
 def export(cfg: ExportConfig) -> Path:
@@ -229,8 +231,8 @@ def export(cfg: ExportConfig) -> Path:
         raise CfError("export: --ckpt and --out are required")
     if cfg.format not in ("gguf", "hf"):
         raise CfError(f"--format: expected gguf or hf, got {cfg.format!r}")
+    out = check_out_dir(cfg.out, cfg.force)
     ck = load_checkpoint(cfg.ckpt)
-    out = Path(cfg.out)
     stage = ck.path.parent.name
     name = cfg.name or f"chatforge-{ck.path.parent.parent.name}-{stage}"
     if cfg.format == "gguf":

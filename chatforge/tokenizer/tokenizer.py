@@ -31,8 +31,8 @@ import rustbpe
 import tiktoken
 from gguf import GGUFReader
 
-from chatforge.common import (atomic_path, atomic_write_json, CfError, make_parser, print0, provenance,
-                              read_jsonl, run_dir)
+from chatforge.common import (atomic_path, atomic_write_json, CfError, check_out_dir, make_parser, print0,
+                              provenance, read_jsonl, run_dir)
 from chatforge.tokenizer import bpe
 
 
@@ -564,6 +564,8 @@ def cli(argv: list[str]) -> None:
     tr.add_argument("--input", help="file/folder of .txt/.jsonl (default: runs/<run>/corpus)")
     tr.add_argument("--vocab-size", type=int, default=32768, help="total vocabulary incl. specials")
     tr.add_argument("--out", help="output directory (default: runs/<run>/tokenizer)")
+    tr.add_argument("--force", action="store_true",
+                    help="write into a non-empty --out (only the tokenizer's files are replaced)")
     for name, h in (("encode", "text -> ids"), ("decode", "ids -> text"), ("show", "coloured tokens"),
                     ("stats", "bytes/token on a corpus")):
         s = sub.add_parser(name, help=h)
@@ -581,7 +583,7 @@ def cli(argv: list[str]) -> None:
 
     if a.action == "train":
         corpus = Path(a.input) if a.input else rd / "corpus"
-        out = Path(a.out) if a.out else rd / "tokenizer"
+        out = check_out_dir(a.out, a.force) if a.out else rd / "tokenizer"
         print(f"config: {json.dumps({'input': str(corpus), 'vocab_size': a.vocab_size, 'out': str(out)})}")
         tok = train_from_corpus(corpus, a.vocab_size, out)
         t = tok.meta["train"]
