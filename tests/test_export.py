@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import numpy as np
 import pytest
@@ -184,19 +185,117 @@ def test_export_cli_gguf_and_bad_input(tok, tmp_path):
         cli(["--format", "onnx", "--ckpt", str(ck), "--out", str(tmp_path / "o3")])
 
 
-def test_llama_cpp_greedy_continuation(tok, tmp_path):
-    """Only where llama-cpp-python is installed (a wheel in /work/shared/wheels); skipped otherwise."""
+# ----------------------------------------------------------------------------- llama.cpp round trips
+# Only where llama-cpp-python is installed (.ci/run installs the wheel from ../shared/wheels).
+
+def llama_strings(n: int = 240) -> list[str]:
+    """Deterministic test strings: corpus fragments, digits, whitespace runs, contractions, unicode,
+    emoji, control-token spellings (must stay text) and random printable mixes."""
+    import random
+    rng = random.Random(0)
+    words = " ".join(TEXT.split() + "Hello world The quick brown fox 12*7=84 Paris France".split()).split()
+    extra = ["", " ", "\n", "\n\n  \t", "<|assistant_end|>", "a<|bos|>b", "<|user_start|> hi <|user_end|>",
+             "I'm", "DON'T", "we'll've", "3.14159", "1234567890", "😀 emoji 🎉", "naïve café", "日本語のテキスト",
+             "    indented code:\n\tpass", "tabs\tand\r\nCRLF", "!!??..,,", "x" * 60]
+    alphabet = "abcXYZ019 .,!?'\n\t-_<|>é😀"
+    out = list(extra)
+    while len(out) < n:
+        k = rng.randrange(3)
+        if k == 0:
+            out.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))))
+        elif k == 1:
+            out.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20))))
+        else:
+            out.append(rng.choice(extra) + rng.choice(words) + rng.choice(extra))
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama_f32(tok, tmp_path_factory):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from chatforge.serve.batcher import sequential_generate
     from chatforge.serve.export import write_gguf
     m = tiny_model("llama", 0)
-    path = write_gguf(m, tok, tmp_path / "m.gguf")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=m.config.seq_len, verbose=False)
-    ids = [tok.bos_id] + tok.encode("The quick brown fox")
-    out = []
+    path = write_gguf(m, tok, tmp_path_factory.mktemp("gguf") / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=m.config.seq_len, logits_all=True, verbose=False)
+    yield m, llm
+    llm.close()
+
+
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
     llm.eval(ids)
-    for _ in range(8):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(t)
-        llm.eval([t])
-    assert out == sequential_generate(m, ids, 8)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+def test_llama_cpp_tokenizes_like_chatforge(tok, llama_f32):
+    _, llm = llama_f32
+    strings = llama_strings()
+    assert len(set(strings)) >= 200
+    for s in strings:   # special=False: control-token spellings in text stay text, as in chatforge
+        assert llm.tokenize(s.encode(), add_bos=False, special=False) == tok.encode(s), s
+
+
+def test_llama_cpp_greedy_continuation(tok, llama_f32):
+    from chatforge.serve.batcher import sequential_generate
+    m, llm = llama_f32
+    for prompt in ["The quick brown fox", "Hello world!", "12*7=84", "What is the capital of France?",
+                   "Once upon a time"]:
+        ids = [tok.bos_id] + tok.encode(prompt)
+        assert llama_greedy(llm, ids, 8) == sequential_generate(m, ids, 8), prompt
+
+
+def test_llama_cpp_chat_prompt_and_stop_tokens(tok, llama_f32):
+    """create_chat_completion renders our Jinja template and tokenizes it to exactly our prompt; the
+    end-of-generation set is chatforge's stop set."""
+    import llama_cpp
+    from chatforge.model.engine import Engine
+    m, llm = llama_f32
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12*7?"},
+            {"role": "assistant", "content": "84."}, {"role": "user", "content": "And 2*3?"}]
+    r = llm.create_chat_completion(conv, max_tokens=1, temperature=0.0)
+    n = r["usage"]["prompt_tokens"]
+    assert [int(t) for t in llm.input_ids[:n]] == tok.render_for_completion({"messages": conv})
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    eog = {i for i in range(m.config.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+    assert eog == set(Engine(m, tok).default_stop_tokens())
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_k"])
+def test_quantized_gguf_runs_in_llama_cpp(tok, tmp_path, dtype):
+    """Q8_0 from the gguf package (dequantized weights within one step of the block scale) and Q4_K_M
+    from llama.cpp's quantizer both load; Q8_0's logits stay close to ours."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from gguf import GGUFReader, GGMLQuantizationType, quants
+    from chatforge.serve.export import write_gguf
+    m = tiny_model("llama", 0)
+    if dtype == "q4_k":  # k-quants need rows of 256: a width-256 model (depth 4)
+        from chatforge.model.gpt import GPT, config_from_depth
+        torch.manual_seed(0)
+        m = GPT(config_from_depth(4, 304, 96, "llama"))
+        m.init_weights()
+        m.eval()
+    path = write_gguf(m, tok, tmp_path / f"m-{dtype}.gguf", dtype=dtype)
+    types = {t.name: t.tensor_type for t in GGUFReader(str(path)).tensors}
+    if dtype == "q8_0":
+        assert types["blk.0.attn_v.weight"] == GGMLQuantizationType.Q8_0
+        assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+        t = next(t for t in GGUFReader(str(path)).tensors if t.name == "blk.0.ffn_down.weight")
+        w = m.state_dict()["blocks.0.mlp.c_proj.weight"].numpy()
+        deq = quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
+        assert np.abs(deq - w).max() <= np.abs(w).max() / 127 + 1e-6
+    else:
+        assert GGMLQuantizationType.Q4_K in set(types.values())
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=m.config.seq_len, logits_all=True, verbose=False)
+    ids = [tok.bos_id] + tok.encode("The quick brown fox")
+    llm.eval(ids)
+    theirs = torch.from_numpy(np.array(llm.scores[:len(ids)]))
+    llm.close()
+    with torch.no_grad():
+        ours = m(torch.tensor([ids]))[0]
+    corr = torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1]
+    assert corr > (0.999 if dtype == "q8_0" else 0.95), corr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -142,12 +142,33 @@ def gguf_tensors(model: Any, arch: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def gguf_array(gguf: Any, a: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
+    """(data, raw_dtype for GGUFWriter.add_tensor) of one float32 tensor stored as ``dtype``.
+    Matrices are converted; vectors (norms, biases) stay f32 as in llama.cpp. Q8_0 (blocks of 32
+    weights sharing one f16 scale: ggml-quants.c quantize_row_q8_0, the gguf package's numpy twin)
+    needs rows that are a multiple of 32; other rows fall back to f16, as llama.cpp's converter does."""
+    if a.ndim < 2 or dtype == "f32":
+        return a, None
+    if dtype == "q8_0" and a.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
+        return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return a.astype(np.float16), None
+
+
+GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_k")
+# ggml file types recorded in general.file_type (llama.h llama_ftype)
+GGUF_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+LLAMA_FTYPE_MOSTLY_Q4_K_M = 15
+
+
 def write_gguf(model: Any, tok: Any, path: str | Path, name: str = "chatforge", dtype: str = "f32") -> Path:
-    """Write one .gguf file (atomically) with the model, its hyperparameters and the tokenizer."""
+    """Write one .gguf file (atomically) with the model, its hyperparameters and the tokenizer.
+    q4_k: an f16 file requantized by llama.cpp's own quantizer (Q4_K_M), which the gguf package lacks."""
     c = model.config
     arch = hf_architecture(c)      # raises CfError for configs with no llama.cpp twin
-    if dtype not in ("f32", "f16"):
-        raise CfError(f"--dtype: expected f32 or f16, got {dtype!r}")
+    if dtype not in GGUF_DTYPES:
+        raise CfError(f"--dtype: expected one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
+    if dtype == "q4_k":
+        return _requantize_q4_k(model, tok, Path(path), name)
     tokens, merges, ttypes = gguf_vocab(tok, c.vocab_size)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -166,7 +187,7 @@ def write_gguf(model: Any, tok: Any, path: str | Path, name: str = "chatforge", 
             w.add_vocab_size(c.vocab_size)
         else:
             w.add_layer_norm_eps(c.norm_eps)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        w.add_file_type(getattr(gguf.LlamaFileType, GGUF_FILE_TYPES[dtype]))
         # tokenizer: byte-level BPE with Llama 3's pre-tokenizer regex
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("llama-bpe")
@@ -174,19 +195,43 @@ def write_gguf(model: Any, tok: Any, path: str | Path, name: str = "chatforge", 
         w.add_token_types(ttypes)
         w.add_token_merges(merges)
         w.add_bos_token_id(tok.bos_id)
+        # llama.cpp stops on its end-of-generation set: EOS, EOT and EOM ids join it (llama-vocab.cpp),
+        # so chatforge's two stops (Engine.default_stop_tokens) are EOS/EOT = <|assistant_end|> and
+        # EOM = <|bos|>, the document separator. It still logs "special_eos_id is not in
+        # special_eog_ids" because it first looks for hard-coded spellings (<|eot_id|>, <|im_end|>...).
         w.add_eos_token_id(tok.special("<|assistant_end|>"))
+        w.add_eot_token_id(tok.special("<|assistant_end|>"))
+        w.add_eom_token_id(tok.bos_id)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
         w.add_chat_template(CHAT_TEMPLATE)
         for tname, t in gguf_tensors(model, arch).items():
-            a = t.numpy()
-            if dtype == "f16" and a.ndim == 2:    # matrices in f16; norms/biases stay f32 (as llama.cpp)
-                a = a.astype(np.float16)
-            w.add_tensor(tname, np.ascontiguousarray(a))
+            a, raw_dtype = gguf_array(gguf, np.ascontiguousarray(t.numpy()), dtype)
+            w.add_tensor(tname, a, raw_dtype=raw_dtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+    return path
+
+
+def _requantize_q4_k(model: Any, tok: Any, path: Path, name: str) -> Path:
+    """Q4_K_M through llama.cpp's quantizer (llama_model_quantize in the llama-cpp-python wheel):
+    k-quant super-blocks of 256 weights; tensors whose rows are not a multiple of 256 get llama.cpp's
+    own fallback type. The f16 source is a temporary file beside ``path``."""
+    try:
+        import llama_cpp  # heavy optional dependency, loaded only for --dtype q4_k
+    except ImportError:
+        raise CfError("--dtype q4_k: needs llama-cpp-python (llama.cpp's quantizer; the gguf package has no "
+                      "Q4_K quantizer); install it or use --dtype q8_0") from None
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as d:
+        src = write_gguf(model, tok, Path(d) / "f16.gguf", name=name, dtype="f16")
+        with atomic_path(path) as tmp:
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = LLAMA_FTYPE_MOSTLY_Q4_K_M
+            params.nthread = 1
+            if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
+                raise CfError(f"{path}: llama.cpp could not quantize the model to Q4_K_M")
     return path
 
 
@@ -220,7 +265,9 @@ class ExportConfig:
     format: str = field(default="gguf", metadata={"help": "output format", "choices": ["gguf", "hf"]})
     ckpt: str = field(default="", metadata={"help": "checkpoint: a step folder or a stage folder (latest step)"})
     out: str = field(default="", metadata={"help": "output folder"})
-    dtype: str = field(default="f32", metadata={"help": "GGUF weight type", "choices": ["f32", "f16"]})
+    dtype: str = field(default="f32", metadata={
+        "help": "GGUF weight type (q8_0: the gguf package's quantizer; q4_k: llama.cpp's, Q4_K_M, needs "
+                "llama-cpp-python)", "choices": list(GGUF_DTYPES)})
     name: str = field(default="", metadata={"help": "model name stored in the GGUF (default: from the path)"})
     force: bool = field(default=False, metadata={
         "help": "write into a non-empty --out (only the files the export writes are replaced)"})
