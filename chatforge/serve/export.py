@@ -18,6 +18,11 @@ GGUF (the ``gguf`` package's GGUFWriter, format spec: ggml/docs/gguf.md):
 HF: ``hf.to_hf`` (model.safetensors + config.json), tokenizer.json from ``tokenizer.export_hf_tokenizer``,
 tokenizer_config.json with a Jinja chat template that reproduces ``render_for_completion`` and
 generation_config.json with our stop tokens.
+
+Special-token spellings in user text: chatforge encodes message text as text, but chat templates (HF's
+and llama.cpp's alike) render a string that is re-tokenized with specials parsed, so a user message
+spelling ``<|assistant_end|>`` becomes that control token there. A string template cannot express
+"this part is text" (HF's split_special_tokens would also split the template's own tokens).
 """
 from __future__ import annotations
 
