@@ -186,15 +186,30 @@ def _run_child(cmd: list[str], stdin, out, err, cwd: str, wall_s: float) -> tupl
     (exit code, negative = signal; timed out; CPU seconds of the child and everything it reaped)."""
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, cwd=cwd, env={"LANG": "C.UTF-8"},
                             start_new_session=True, close_fds=True)
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        timed_out = not select.select([pidfd], [], [], wall_s)[0]
-    finally:
-        os.close(pidfd)
+    timed_out = not _exited_within(proc.pid, wall_s)
     _kill_group(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here (wait4 has the CPU time)
     return proc.returncode, timed_out, usage.ru_utime + usage.ru_stime
+
+
+def _exited_within(pid: int, seconds: float) -> bool:
+    """Wait for ``pid`` to exit without reaping it (wait4 reaps it afterwards, with its CPU time)."""
+    try:
+        pidfd = os.pidfd_open(pid)   # Linux >= 5.3: readable once the process exits
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            return bool(select.select([pidfd], [], [], seconds)[0])
+        finally:
+            os.close(pidfd)
+    deadline = time.monotonic() + seconds   # older kernels: poll without reaping
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def _kill_group(pid: int) -> None:

@@ -32,13 +32,13 @@ import builtins
 import errno
 import json
 import os
-import platform
 import resource
 import signal
 import sys
 import types
 
 EXIT_NO_ISOLATION, EXIT_MEMORY = 97, 3
+MACHINE = os.uname().machine
 NOBODY = 65534
 SCRATCH = "/scratch"
 
@@ -134,7 +134,9 @@ class Wall:
         os.makedirs(fs + SCRATCH)
         self.bind_ro(work, fs + SCRATCH, writable=True)
         os.chdir(fs)
-        self._check(self.libc.syscall(SECCOMP_ARCH.get(platform.machine(), (0, 155))[1], b".", b"."), "pivot_root")
+        if MACHINE not in SECCOMP_ARCH:  # glibc has no pivot_root wrapper: we need the syscall number
+            raise OSError(errno.ENOSYS, f"pivot_root: no syscall table for {MACHINE}")
+        self._check(self.libc.syscall(SECCOMP_ARCH[MACHINE][1], b".", b"."), "pivot_root")
         self._check(self.libc.umount2(b".", MNT_DETACH), "umount old root")  # the old root, stacked on "."
         os.chdir("/")
         self.mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -151,7 +153,7 @@ class Wall:
 
     def seccomp(self) -> bool:
         """Step 5; False (and nothing installed) on an architecture we have no syscall table for."""
-        spec = SECCOMP_ARCH.get(platform.machine())
+        spec = SECCOMP_ARCH.get(MACHINE)
         if spec is None:
             return False
         arch, _, denied = spec
