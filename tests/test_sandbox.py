@@ -204,6 +204,7 @@ def test_the_wall_alone():
     target = f"/tmp/chatforge_sandbox_wall_{uuid.uuid4().hex}"
     for code in (SHADOW, f"open({target!r}, 'w')", "open('/usr/x', 'w')", "import os; os.fork()",
                  "import os; os.execv('/bin/sh', ['sh'])", "import os; os.kill(0, 9)",
+                 "import os; os.kill(os.getppid(), 9)", "import os; os.kill(1, 9)",
                  "import socket; socket.create_connection(('127.0.0.1', 22), timeout=1)"):
         r = run_python(code, WALL_ONLY)
         assert r.error in ("denied", "exception") and r.exit_code == 1, (code, r)
