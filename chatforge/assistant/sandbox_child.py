@@ -28,10 +28,13 @@ arguments to exact ``str`` so a subclass cannot lie through overridden methods.
 Without step 2-5 (not root, no namespaces) the script exits with code 97 and one line on stderr,
 unless LIMITS["unsafe"] is set (``--unsafe-python``): then it runs with limits + hook only.
 """
+import _signal
+import _stat
 import builtins
 import errno
 import json
 import os
+import posix
 import resource
 import signal
 import sys
@@ -88,7 +91,7 @@ class Wall:
     """The kernel calls of steps 2-5, through ctypes (Python 3.11 has no os.unshare/os.mount)."""
 
     def __init__(self):
-        import ctypes  # only the wall needs it; removed from sys.modules before user code
+        import ctypes  # lazy: only the wall needs it, and it leaves sys.modules before user code
         self.ctypes = ctypes
         self.libc = ctypes.CDLL(None, use_errno=True)
 
@@ -211,8 +214,6 @@ def launch_isolated(limits: dict) -> None:
 def make_hook(work: str, read_roots: tuple, read_files: frozenset):
     """The audit hook. Every name it touches is a local of this function, bound now: no builtins,
     no module attributes (``os.fspath``, ``os.path.realpath`` read ``os.*`` at call time)."""
-    import posix
-    import _stat
     lstat, stat, readlink, getcwd, write2 = posix.lstat, posix.stat, posix.readlink, posix.getcwd, posix.write
     is_link, is_dir = _stat.S_ISLNK, _stat.S_ISDIR
     type_, isinstance_, str_, bytes_, int_, memoryview_ = type, isinstance, str, bytes, int, memoryview
@@ -354,8 +355,6 @@ def make_guard(orig, event, audit, fspath):
 
 def lock_modules(audit) -> None:
     """Process calls with no audit event of their own: raise one the hook denies or checks."""
-    import posix
-    import _signal
     for mod in (os, posix):
         for name in ("stat", "lstat", "readlink", "access", "statvfs", "chdir"):
             if hasattr(mod, name):

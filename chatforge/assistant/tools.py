@@ -10,7 +10,7 @@ raises into the chat loop.
   ``+ - * / // % **``, unary minus/plus and parentheses are accepted; names, calls, attributes,
   subscripts, comparisons... are rejected. Exponents and magnitudes are bounded, so ``9**9**9``
   is an error instead of a frozen server. There is no ``eval``.
-* python: ``chatforge.sandbox.run_python`` (see its docstring for the threat model).
+* python: ``chatforge.assistant.sandbox.run_python`` (see its docstring for the threat model).
 * search: Okapi BM25 (Robertson & Spärck Jones; Robertson & Zaragoza, "The Probabilistic
   Relevance Framework: BM25 and Beyond", 2009) over a local document index, k1=1.5, b=0.75.
 """

@@ -147,7 +147,7 @@ def gguf_tensors(model: Any, arch: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def gguf_array(gguf: Any, a: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
+def gguf_array(a: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
     """(data, raw_dtype for GGUFWriter.add_tensor) of one float32 tensor stored as ``dtype``.
     Matrices are converted; vectors (norms, biases) stay f32 as in llama.cpp. Q8_0 (blocks of 32
     weights sharing one f16 scale: ggml-quants.c quantize_row_q8_0, the gguf package's numpy twin)
@@ -211,7 +211,7 @@ def write_gguf(model: Any, tok: Any, path: str | Path, name: str = "chatforge", 
         w.add_add_eos_token(False)
         w.add_chat_template(CHAT_TEMPLATE)
         for tname, t in gguf_tensors(model, arch).items():
-            a, raw_dtype = gguf_array(gguf, np.ascontiguousarray(t.numpy()), dtype)
+            a, raw_dtype = gguf_array(np.ascontiguousarray(t.numpy()), dtype)
             w.add_tensor(tname, a, raw_dtype=raw_dtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -225,7 +225,7 @@ def _requantize_q4_k(model: Any, tok: Any, path: Path, name: str) -> Path:
     k-quant super-blocks of 256 weights; tensors whose rows are not a multiple of 256 get llama.cpp's
     own fallback type. The f16 source is a temporary file beside ``path``."""
     try:
-        import llama_cpp  # heavy optional dependency, loaded only for --dtype q4_k
+        import llama_cpp  # lazy: a heavy optional dependency, loaded only for --dtype q4_k
     except ImportError:
         raise CfError("--dtype q4_k: needs llama-cpp-python (llama.cpp's quantizer; the gguf package has no "
                       "Q4_K quantizer); install it or use --dtype q8_0") from None
