@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import stat
 
 import numpy as np
@@ -191,11 +192,11 @@ def test_export_cli_gguf_and_bad_input(tok, tmp_path):
 def llama_strings(n: int = 240) -> list[str]:
     """Deterministic test strings: corpus fragments, digits, whitespace runs, contractions, unicode,
     emoji, control-token spellings (must stay text) and random printable mixes."""
-    import random
     rng = random.Random(0)
-    words = " ".join(TEXT.split() + "Hello world The quick brown fox 12*7=84 Paris France".split()).split()
+    words = TEXT.split() + "Hello world The quick brown fox 12*7=84 Paris France".split()
     extra = ["", " ", "\n", "\n\n  \t", "<|assistant_end|>", "a<|bos|>b", "<|user_start|> hi <|user_end|>",
-             "I'm", "DON'T", "we'll've", "3.14159", "1234567890", "😀 emoji 🎉", "naïve café", "日本語のテキスト",
+             "I'm", "DON'T", "we'll've", "3.14159", "1234567890", "😀 emoji 🎉", "naïve café",
+             "日本語のテキスト",
              "    indented code:\n\tpass", "tabs\tand\r\nCRLF", "!!??..,,", "x" * 60]
     alphabet = "abcXYZ019 .,!?'\n\t-_<|>é😀"
     out = list(extra)

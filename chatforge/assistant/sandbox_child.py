@@ -46,7 +46,8 @@ NOBODY = 65534
 SCRATCH = "/scratch"
 
 # Linux constants (include/uapi/linux/{sched,mount,prctl,seccomp,filter,audit}.h)
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 38, 22, 2
@@ -213,11 +214,13 @@ def launch_isolated(limits: dict) -> None:
 
 def make_hook(work: str, read_roots: tuple, read_files: frozenset):
     """The audit hook. Every name it touches is a local of this function, bound now: no builtins,
-    no module attributes (``os.fspath``, ``os.path.realpath`` read ``os.*`` at call time)."""
+    no module attributes (``os.fspath``, ``os.path.realpath`` read ``os.*`` at call time). Long on
+    purpose: its helpers must share those closure cells and no cell with anything user code can reach."""
     lstat, stat, readlink, getcwd, write2 = posix.lstat, posix.stat, posix.readlink, posix.getcwd, posix.write
     is_link, is_dir = _stat.S_ISLNK, _stat.S_ISDIR
     type_, isinstance_, str_, bytes_, int_, memoryview_ = type, isinstance, str, bytes, int, memoryview
-    str_copy, startswith, split, rpartition, partition = str.__str__, str.startswith, str.split, str.rpartition, str.partition
+    str_copy, startswith, split = str.__str__, str.startswith, str.split
+    rpartition, partition = str.rpartition, str.partition
     encode, decode, len_, os_error, perm_error = str.encode, bytes.decode, len, OSError, PermissionError
     deny_events = frozenset([
         "subprocess.Popen", "os.system", "os.posix_spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
@@ -342,7 +345,8 @@ def make_hook(work: str, read_roots: tuple, read_files: frozenset):
 def make_guard(orig, event, audit, fspath):
     """A wrapper raising ``event`` (with the exact path the real call will get) before ``orig``.
     Module level, so its closure shares no cell with the hook's; its names are bound here too."""
-    type_, int_, isinstance_, str_, str_copy, bytes_, memoryview_ = type, int, isinstance, str, str.__str__, bytes, memoryview
+    type_, int_, isinstance_, str_, str_copy = type, int, isinstance, str, str.__str__
+    bytes_, memoryview_ = bytes, memoryview
 
     def guarded(*args, **kw):
         if args and args[0] is not None and type_(args[0]) is not int_:
@@ -393,7 +397,7 @@ def run(code: str, limits: dict) -> None:
         flush_out()
         exit_now(EXIT_MEMORY)
     except BaseException as e:
-        # the C-level printer: traceback.py would read tb_frame, which the hook denies
+        # the C-level printer bound before the code ran (the code may have replaced sys.excepthook)
         if e.__traceback__ is not None:  # drop this frame: the program starts at "<code>"
             e.__traceback__ = e.__traceback__.tb_next
         excepthook(type(e), e, e.__traceback__)
