@@ -222,22 +222,44 @@ def test_labels_cpu_limit_and_output_limit():
     assert r.error == "output_limit" and r.truncated, r
 
 
-def test_refuses_without_isolation(monkeypatch):
-    """A process without capabilities cannot build the wall: one clear line, unless --unsafe-python."""
+def without_capabilities(monkeypatch, keep: str = "") -> None:
+    """Run the child with an empty capability bounding set (what a non-root user has)."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv (util-linux) not installed")
     plain = sandbox._child_cmd
-    monkeypatch.setattr(sandbox, "_child_cmd", lambda limits: [setpriv, "--bounding-set=-all", *plain(limits)])
+    monkeypatch.setattr(sandbox, "_child_cmd", lambda limits: [setpriv, "--bounding-set=-all" + keep, *plain(limits)])
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the parent does not chown the scratch folder either
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
-    r = run_python(BENIGN, CFG)
+
+
+def test_refuses_without_isolation(monkeypatch):
+    """No capabilities and no user namespace: one clear line, unless --unsafe-python."""
+    without_capabilities(monkeypatch)
+    cfg = SandboxConfig(wall_s=2.5, cpu_s=1, user_namespace=False)
+    r = run_python(BENIGN, cfg)
     assert r.error == "unavailable" and "--unsafe-python" in r.to_tool_output(), r
     assert len(r.to_tool_output().splitlines()) == 1
     monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
-    r = run_python(BENIGN, CFG)
+    r = run_python(BENIGN, cfg)
     assert r.ok and r.stdout.strip() == "45", r
-    check_stopped_with = run_python(SHADOW, CFG)  # the tripwire still stands
-    assert check_stopped_with.error == "denied"
+    assert run_python(SHADOW, cfg).error == "denied"  # the tripwire still stands
+
+
+def test_the_wall_without_root_in_a_user_namespace(monkeypatch):
+    """A process without capabilities builds the same wall inside an unprivileged user namespace.
+    (+setfcap only because this test runs as uid 0: the kernel asks for CAP_SETFCAP to map host root;
+    a real user maps its own uid without any capability.)"""
+    without_capabilities(monkeypatch, keep=",+setfcap")
+    wall_only = SandboxConfig(wall_s=2.5, cpu_s=1, tripwire=False)
+    r = run_python("import os; open('f', 'w').write('x'); print(os.getuid(), os.getpid(), open('f').read())",
+                   wall_only)
+    assert r.ok and r.stdout.split() == ["65534", "1", "x"], r
+    for code in (SHADOW, "open('/usr/x', 'w')", "import os; os.fork()", "import os; os.kill(0, 9)",
+                 "import os; os.setuid(0)"):
+        r = run_python(code, wall_only)
+        assert r.error in ("denied", "exception") and r.exit_code == 1, (code, r)
+    assert run_python(BENIGN, CFG).ok
 
 
 def test_unsafe_python_flag_sets_the_env(monkeypatch):

@@ -12,8 +12,8 @@ whole server in a VM or a container with seccomp (gVisor, Firecracker, nsjail).
 
 Layers, from strongest to weakest (the child's side is in ``sandbox_child.py``)
 -------------------------------------------------------------------------------
-1. OS isolation (needs root or CAP_SYS_ADMIN; the wall): new PID, mount, network, IPC and UTS
-   namespaces; a read-only root holding only the interpreter, /usr and a few /dev nodes (no /etc,
+1. OS isolation (the wall; as root, or without root inside an unprivileged user namespace where
+   the kernel allows one): new PID, mount, network, IPC and UTS namespaces; a read-only root holding only the interpreter, /usr and a few /dev nodes (no /etc,
    /root, /home, /work, /tmp, /proc); uid/gid 65534 with no capabilities, so RLIMIT_NPROC=0 holds;
    no_new_privs and a seccomp filter failing fork/clone/exec/ptrace/pidfd/kill/setsid/mount/
    socket calls with EPERM. Stops: reading secrets, writing outside the scratch folder, starting
@@ -64,6 +64,8 @@ class SandboxConfig:
     unsafe_python: bool = field(default=False, metadata={
         "help": "run the python tool even where OS isolation is unavailable (audit hook + limits only); "
                 "env CHATFORGE_UNSAFE_PYTHON=1 does the same"})
+    user_namespace: bool = field(default=True, metadata={
+        "help": "without root, build the wall inside an unprivileged user namespace (where the kernel allows)"})
     tripwire: bool = field(default=True, metadata={
         "help": "install the audit hook (off only in tests that check the OS wall alone)"})
 
@@ -154,6 +156,7 @@ def run_python(code: str, cfg: SandboxConfig | None = None) -> SandboxResult:
             os.chown(work, NOBODY, NOBODY)   # the isolated child runs as nobody
         limits = {"cpu_s": int(cfg.cpu_s), "mem_mb": int(cfg.mem_mb), "fsize_mb": int(cfg.fsize_mb),
                   "isolate": True, "unsafe": unsafe_python_allowed(cfg), "tripwire": cfg.tripwire,
+                  "userns": cfg.user_namespace,
                   "work": work, "fs": fs}
         code_path = os.path.join(root, "code.py")
         with open(code_path, "wb") as f:
@@ -170,7 +173,7 @@ def run_python(code: str, cfg: SandboxConfig | None = None) -> SandboxResult:
         shutil.rmtree(root, ignore_errors=True)
     error = _classify(rc, timed_out, stderr, cpu >= cfg.cpu_s - 0.05, too_big)
     if error == "unavailable":
-        stderr = ("the python tool needs OS isolation (root: PID/mount/network namespaces, seccomp) and it is "
+        stderr = ("the python tool needs OS isolation (PID/mount/network namespaces, seccomp) and it is "
                   f"unavailable here ({stderr.strip() or 'no detail'}); pass --unsafe-python to run it with "
                   "only the audit hook and resource limits")
     return SandboxResult(stdout, stderr, rc, timed_out, error, truncated=t1 or t2, seconds=time.perf_counter() - t0)

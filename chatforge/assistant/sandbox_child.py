@@ -47,8 +47,12 @@ SCRATCH = "/scratch"
 
 # Linux constants (include/uapi/linux/{sched,mount,prctl,seccomp,filter,audit}.h)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MS_NOATIME, MS_NODIRATIME, MS_PRIVATE, MS_RELATIME = 1024, 2048, 1 << 18, 1 << 21
+# statvfs f_flag bit -> mount flag: a bind mount in a user namespace must keep its source's (locked) flags
+KEEP_FLAGS = {os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC, os.ST_NOATIME: MS_NOATIME,
+              os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 38, 22, 2
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
@@ -111,8 +115,9 @@ class Wall:
 
     def bind_ro(self, src: str, dst: str, writable: bool = False) -> None:
         self.mount(src, dst, None, MS_BIND | MS_REC)
+        kept = os.statvfs(src).f_flag
         flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (0 if writable else MS_RDONLY)
-        self.mount(None, dst, None, flags)
+        self.mount(None, dst, None, flags | sum(ms for st, ms in KEEP_FLAGS.items() if kept & st))
 
     def build_root(self, fs: str, work: str) -> None:
         """Steps 3: a fresh read-only root with only what the interpreter needs, then pivot into it."""
@@ -146,12 +151,17 @@ class Wall:
         self.mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         os.chdir(SCRATCH)
 
-    def drop_privileges(self) -> None:
+    def drop_privileges(self, userns: bool) -> None:
         """Step 4 (order matters: groups and gid while still root, uid last; PDEATHSIG after setuid,
-        which clears it)."""
-        os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
+        which clears it). In a user namespace we already are nobody there, with capabilities valid
+        only inside it; capset drops them all (in both cases: nothing may remain)."""
+        if not userns:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+        ct = self.ctypes
+        header = (ct.c_uint32 * 2)(0x20080522, 0)     # _LINUX_CAPABILITY_VERSION_3, this thread
+        self._check(self.libc.capset(header, (ct.c_uint32 * 6)()), "capset")
         self._check(self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
         self._check(self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
 
@@ -189,7 +199,22 @@ def forget_ctypes() -> None:
 def launch_isolated(limits: dict) -> None:
     """Steps 2-5. Returns in the isolated child; the launcher waits, mirrors its status and exits."""
     wall = Wall()
-    wall.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+    flags = CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    userns = False
+    try:
+        wall.unshare(flags)                    # root (CAP_SYS_ADMIN)
+    except PermissionError:
+        if not limits.get("userns", True):
+            raise
+        # unprivileged: a user namespace in which our uid/gid appear as nobody, with capabilities
+        # that count only inside it (user_namespaces(7)); the kernel may forbid it: then unavailable
+        uid, gid = os.geteuid(), os.getegid()
+        wall.unshare(CLONE_NEWUSER | flags)
+        maps = (("setgroups", "deny"), ("uid_map", f"{NOBODY} {uid} 1"), ("gid_map", f"{NOBODY} {gid} 1"))
+        for name, text in maps:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        userns = True
     pid = os.fork()
     if pid:
         _, status = os.waitpid(pid, 0)   # the parent's os.wait4 on us sums the child's CPU time
@@ -201,7 +226,7 @@ def launch_isolated(limits: dict) -> None:
         os._exit(code & 0xFF)
     try:
         wall.build_root(limits["fs"], limits["work"])
-        wall.drop_privileges()
+        wall.drop_privileges(userns)
         wall.seccomp()
     except OSError as e:
         os.write(2, f"[sandbox] isolation failed: {e}\n".encode())
