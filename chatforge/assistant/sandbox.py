@@ -40,7 +40,6 @@ The parent never ``eval``s anything; the child gets its code on stdin, its limit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import shutil
@@ -180,7 +179,8 @@ def run_python(code: str, cfg: SandboxConfig | None = None) -> SandboxResult:
 
 
 def _child_cmd(limits: dict) -> list[str]:
-    return [sys.executable, "-I", "-S", "-B", CHILD, json.dumps(limits)]
+    return [sys.executable, "-I", "-S", "-B", CHILD, *(f"{k}={int(v) if isinstance(v, bool) else v}"
+                                                      for k, v in limits.items())]
 
 
 def _run_child(cmd: list[str], stdin, out, err, cwd: str, wall_s: float) -> tuple[int, bool, float]:

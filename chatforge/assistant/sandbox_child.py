@@ -1,4 +1,4 @@
-"""The sandbox's child process: ``python -I -S -B sandbox_child.py LIMITS_JSON < code``.
+"""The sandbox's child process: ``python -I -S -B sandbox_child.py KEY=VALUE... < code``.
 
 Standalone on purpose (standard library only, never imported by chatforge): ``sandbox.py`` runs it as a
 script and reads its stdout/stderr files and exit status. The order below is the security argument.
@@ -32,13 +32,10 @@ import _signal
 import _stat
 import builtins
 import errno
-import json
 import os
 import posix
 import resource
-import signal
 import sys
-import types
 
 EXIT_NO_ISOLATION, EXIT_MEMORY = 97, 3
 MACHINE = os.uname().machine
@@ -162,7 +159,7 @@ class Wall:
         ct = self.ctypes
         header = (ct.c_uint32 * 2)(0x20080522, 0)     # _LINUX_CAPABILITY_VERSION_3, this thread
         self._check(self.libc.capset(header, (ct.c_uint32 * 6)()), "capset")
-        self._check(self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+        self._check(self.libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
         self._check(self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
 
     def seccomp(self) -> bool:
@@ -220,8 +217,8 @@ def launch_isolated(limits: dict) -> None:
         _, status = os.waitpid(pid, 0)   # the parent's os.wait4 on us sums the child's CPU time
         code = os.waitstatus_to_exitcode(status)
         if code < 0:                      # die of the same signal so the parent sees -sig
-            if -code not in (signal.SIGKILL, signal.SIGSTOP):
-                signal.signal(-code, signal.SIG_DFL)
+            if -code not in (_signal.SIGKILL, _signal.SIGSTOP):
+                _signal.signal(-code, _signal.SIG_DFL)
             os.kill(os.getpid(), -code)
         os._exit(code & 0xFF)
     try:
@@ -391,7 +388,7 @@ def lock_modules(audit) -> None:
         for name in ("pidfd_open", "setsid", "setpgid", "setpgrp", "setns", "unshare"):
             if hasattr(mod, name):
                 setattr(mod, name, make_guard(getattr(posix, name), "sandbox.deny", audit, os.fspath))
-    for mod in (signal, _signal):
+    for mod in (_signal, sys.modules.get("signal")):   # signal.py copies _signal's names on import
         if hasattr(mod, "pidfd_send_signal"):
             setattr(mod, "pidfd_send_signal", make_guard(_signal.pidfd_send_signal, "sandbox.deny", audit, os.fspath))
 
@@ -410,7 +407,7 @@ def run(code: str, limits: dict) -> None:
     if limits.get("tripwire", True):
         sys.addaudithook(make_hook(work, read_roots, read_files))
         lock_modules(sys.audit)
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
     try:
@@ -434,8 +431,18 @@ def run(code: str, limits: dict) -> None:
     flush_out()
 
 
+def parse_limits(argv: list[str]) -> dict:
+    """``key=value`` arguments (ints, 0/1 flags, paths). Not JSON: importing json (re, enum) would
+    cost ~15 ms of every call's start; likewise _signal, not signal (enum), and no types module."""
+    limits: dict = {}
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        limits[key] = int(value) if value.lstrip("-").isdigit() else value
+    return limits
+
+
 def main() -> None:
-    limits = json.loads(sys.argv[1])
+    limits = parse_limits(sys.argv[1:])
     code = sys.stdin.read()
     sys.stdin.close()
     sys.stdout.reconfigure(encoding="utf-8", errors="replace")
