@@ -51,6 +51,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+CHILD = str(Path(__file__).resolve().with_name("sandbox_child.py"))
+EXIT_NO_ISOLATION, EXIT_MEMORY = 97, 3   # sandbox_child.py's exit codes
+NOBODY = 65534
+UNSAFE_ENV = "CHATFORGE_UNSAFE_PYTHON"
+
 
 @dataclass
 class SandboxConfig:
@@ -113,14 +118,6 @@ def _read_head(f, max_chars: int) -> tuple[str, bool]:
     return text, more
 
 
-CHILD = str(Path(__file__).resolve().with_name("sandbox_child.py"))
-EXIT_NO_ISOLATION, EXIT_MEMORY = 97, 3   # sandbox_child.py's exit codes
-NOBODY = 65534
-
-
-UNSAFE_ENV = "CHATFORGE_UNSAFE_PYTHON"
-
-
 def unsafe_python_allowed(cfg: SandboxConfig) -> bool:
     return cfg.unsafe_python or os.environ.get(UNSAFE_ENV, "") == "1"
 
@@ -128,8 +125,8 @@ def unsafe_python_allowed(cfg: SandboxConfig) -> bool:
 def add_unsafe_python_arg(parser: argparse.ArgumentParser) -> None:
     """``--unsafe-python`` for the commands whose model may call the python tool."""
     parser.add_argument("--unsafe-python", action="store_true",
-                        help="let the python tool run where OS isolation (namespaces, seccomp; needs root) is "
-                             "unavailable, with only the audit hook and resource limits; same as "
+                        help="let the python tool run where OS isolation (namespaces, seccomp) is unavailable, "
+                             "with only the audit hook and resource limits; same as "
                              f"{UNSAFE_ENV}=1")
 
 
@@ -155,8 +152,7 @@ def run_python(code: str, cfg: SandboxConfig | None = None) -> SandboxResult:
             os.chown(work, NOBODY, NOBODY)   # the isolated child runs as nobody
         limits = {"cpu_s": int(cfg.cpu_s), "mem_mb": int(cfg.mem_mb), "fsize_mb": int(cfg.fsize_mb),
                   "isolate": True, "unsafe": unsafe_python_allowed(cfg), "tripwire": cfg.tripwire,
-                  "userns": cfg.user_namespace,
-                  "work": work, "fs": fs}
+                  "userns": cfg.user_namespace, "work": work, "fs": fs}
         code_path = os.path.join(root, "code.py")
         with open(code_path, "wb") as f:
             f.write(code.encode("utf-8", errors="replace"))
