@@ -115,7 +115,9 @@ def test_run_arena_end_to_end(tmp_path, world):
     assert report.startswith("# report") and report.count("<!-- arena -->") == 1 and "95% CI" in report
     run_arena(ArenaConfig(run=str(rd), n_per_kind=1, n_boot=20, device="cpu"), answerers=answerers(tasks))
     assert (rd / "report.md").read_text().count("## Arena") == 1                  # replaced, not appended
-    assert json.loads((rd / "results.json").read_text())["arena"]["n_battles"] == 10 * len(tasks)
+    res = json.loads((rd / "results.json").read_text())["arena"]
+    assert res["n_battles"] == 10 * len(tasks) and res["conditions"]["oracle"]["rate"] == 1.0
+    assert len(res["diffs"]) == 4 and next(iter(res["diffs"])).startswith("oracle - ")   # neighbours in the ranking
     votes = json.loads((rd / "arena" / "votes.json").read_text())
     assert sum(v["judge"] == "checker" for v in votes) == 10 * len(tasks) and votes[0]["judge"] == "human"
     assert (rd / "report" / "arena.png").stat().st_size > 1000

@@ -45,7 +45,7 @@ from chatforge.common import (add_config_args, atomic_write_json, CfError, confi
                               print0, print_config, read_json, run_dir, save_figure)
 from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint, model_specs
 from chatforge.model.engine import Engine
-from chatforge.report import md_table, update_results, upsert_report_section
+from chatforge.report import experiment, fmt_diff, md_table, update_results, upsert_report_section
 from chatforge.rl.reward import load_reward_model, score_texts
 from chatforge.world.build import load_world, World
 
@@ -332,14 +332,18 @@ def battles(tasks: list[ArenaTask], replies: dict[str, list[str]], judge: Judge 
     return out
 
 
-def accuracy(tasks: list[ArenaTask], replies: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+def checked(tasks: list[ArenaTask], replies: dict[str, list[str]]) -> dict[str, list[bool]]:
+    """Per model: does the checker accept its reply to each task (in task order)."""
+    return {m: [bool(t.check(r)) for t, r in zip(tasks, rs)] for m, rs in replies.items()}
+
+
+def accuracy(tasks: list[ArenaTask], ok: dict[str, list[bool]]) -> dict[str, dict[str, float]]:
     """Per model: the share of prompts the checker accepts, per kind and overall."""
     kinds = sorted({t.kind for t in tasks})
     out = {}
-    for m, rs in replies.items():
-        ok = [bool(t.check(r)) for t, r in zip(tasks, rs)]
-        out[m] = {k: sum(o for o, t in zip(ok, tasks) if t.kind == k) / sum(t.kind == k for t in tasks) for k in kinds}
-        out[m]["all"] = sum(ok) / len(ok)
+    for m, oks in ok.items():
+        out[m] = {k: sum(o for o, t in zip(oks, tasks) if t.kind == k) / sum(t.kind == k for t in tasks) for k in kinds}
+        out[m]["all"] = sum(oks) / len(oks)
     return out
 
 
@@ -389,9 +393,14 @@ def run_arena(cfg: ArenaConfig, specs: list[str] = (), answerers: dict[str, Answ
         rm = load_reward_model(cfg.rm or rd / "rm", device)
         judge = rm_judge(rm, rm.tokenizer, device)
     votes = battles(tasks, replies, judge)
-    summary = summarize(votes, list(models), random.Random(cfg.seed), cfg.n_boot)
-    summary.update(judge=cfg.judge, n_prompts=len(tasks), accuracy=accuracy(tasks, replies),
-                   kinds={k: sum(t.kind == k for t in tasks) for k in sorted({t.kind for t in tasks})})
+    board = summarize(votes, list(models), random.Random(cfg.seed), cfg.n_boot)
+    ok = checked(tasks, replies)
+    ranked = [r["model"] for r in board["leaderboard"]]
+    # results.json: each model's checker accuracy is a condition (Wilson CI); neighbours in the ranking
+    # get a paired-bootstrap difference over the same prompts
+    summary = experiment(ok, diffs=list(zip(ranked, ranked[1:])), **board, judge=cfg.judge, n_prompts=len(tasks),
+                         accuracy=accuracy(tasks, ok),
+                         kinds={k: sum(t.kind == k for t in tasks) for k in sorted({t.kind for t in tasks})})
     store = VoteStore(rd / "arena" / "votes.json")
     store.replace_judge(cfg.judge, votes)
     humans = [v for v in store.snapshot() if judge_of(v) == "human"]
@@ -450,6 +459,8 @@ def arena_markdown(summary: dict[str, Any]) -> str:
                     for i, r in enumerate(rows)]), "",
           "Win rate of the row against the column (ties count half):", "",
           md_table(["", *names], [[a] + [("-" if w[a][b] is None else f"{w[a][b]:.2f}") for b in names] for a in names]),
+          "", "Checker accuracy, each model against the next one down (paired bootstrap over the same prompts):", "",
+          md_table(["difference", "95% CI"], [[name, fmt_diff(d)] for name, d in summary["diffs"].items()]),
           "", "![arena](report/arena.png)"]
     if "human" in summary:
         hr = summary["human"]["leaderboard"]
