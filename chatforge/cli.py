@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("chatforge.rl.grpo", "reinforcement learning (GRPO / RLHF)"),
     "dpo": ("chatforge.rl.dpo", "direct preference optimization"),
     "eval": ("chatforge.eval.experiments", "evaluate a checkpoint"),
+    "inspect": ("chatforge.model.inspect", "look inside a checkpoint: logit lens, attention maps, residual stream"),
+    "arena": ("chatforge.eval.arena", "rank the run's models against each other (Bradley–Terry, bootstrap intervals)"),
     "chat": ("chatforge.serve.chat", "chat with a model in the terminal"),
     "serve": ("chatforge.serve.server", "OpenAI-compatible API server and web UI"),
     "import": ("chatforge.model.hf", "import a transformers checkpoint"),

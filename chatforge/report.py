@@ -139,3 +139,27 @@ def results_table(exp: dict[str, Any], labels: dict[str, str] | None = None) -> 
         md += "\n\n" + md_table(["difference", "paired bootstrap 95% CI"],
                                  [[name, fmt_diff(d)] for name, d in exp["diffs"].items()])
     return md
+
+
+# ----------------------------------------------------------------------------- sections written after the run
+
+def marked_section(key: str, markdown: str) -> str:
+    """A report section between ``<!-- key -->`` markers, so a later command can replace it in place."""
+    return f"<!-- {key} -->\n{markdown.strip()}\n<!-- /{key} -->"
+
+
+def upsert_report_section(run_dir: str | Path, key: str, markdown: str) -> Path:
+    """Put ``markdown`` into ``<run>/report.md`` between ``<!-- key -->`` markers: replaced in place
+    when a section with that key is there, appended otherwise (a command run after the speedrun)."""
+    path = Path(run_dir) / "report.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# chatforge report card\n"
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    block = marked_section(key, markdown)
+    if start in text and end in text[text.index(start):]:
+        i = text.index(start)
+        j = text.index(end, i) + len(end)
+        text = text[:i] + block + text[j:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(path, text)
+    return path

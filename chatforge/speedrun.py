@@ -2,6 +2,7 @@
 
     world -> crawl (WARC.gz) -> data curation -> tokenizer -> token shards -> pretrain -> sample
           -> SFT data (+ knowledge probes) -> SFT -> experiments -> RL (GRPO) [-> RLHF with --preset full]
+          -> arena (the models against each other on held-out prompts)
 
 Each stage is a library call; this module only wires them through one run directory, times them,
 and writes ``report.md`` after every stage (so a run that fails half-way still leaves a report).
@@ -24,10 +25,11 @@ from chatforge.common import (add_config_args, CfError, config_from_args, get_de
 from chatforge.data.crawl import make_crawl
 from chatforge.data.curate import DataConfig, evaluate_filters, format_eval, iter_clean_docs, run_pipeline
 from chatforge.data.shards import tokenize_corpus
+from chatforge.eval.arena import ArenaConfig, run_arena
 from chatforge.eval.experiments import run_experiments
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
-from chatforge.report import md_table, Report
+from chatforge.report import marked_section, md_table, Report
 from chatforge.rl.experiments import run_rl_stage, run_rlhf_stage
 from chatforge.tokenizer.tokenizer import Tokenizer, train_tokenizer
 from chatforge.train.pretrain import pretrain, PretrainConfig
@@ -61,16 +63,16 @@ class SpeedrunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
                  depth=2, seq_len=256, batch=8, pretrain_steps=60, sft_steps=40, rl_steps=3,
-                 sft_math=120, sft_letters=100, rl_group=4, n_eval=20, n_eval_rl=10, extractor="resiliparse"),
+                 sft_math=120, sft_letters=100, rl_group=4, n_eval=20, n_eval_rl=10, n_arena=2, extractor="resiliparse"),
     "default": dict(n_people=400, n_bios=6, n_problems=3000, n_spelling=1500, n_filler=4, vocab_size=4096,
                     depth=4, seq_len=256, batch=16, pretrain_steps=130, sft_steps=250, rl_steps=15,
-                    sft_math=600, sft_letters=400, rl_group=8, n_eval=100, n_eval_rl=40, extractor="resiliparse"),
+                    sft_math=600, sft_letters=400, rl_group=8, n_eval=100, n_eval_rl=40, n_arena=10, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
                  depth=6, seq_len=512, batch=16, pretrain_steps=3000, sft_steps=1500, rl_steps=300,
-                 sft_math=1500, sft_letters=1000, rl_group=16, n_eval=300, n_eval_rl=200, extractor="trafilatura"),
+                 sft_math=1500, sft_letters=1000, rl_group=16, n_eval=300, n_eval_rl=200, n_arena=30, extractor="trafilatura"),
 }
 
-STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf"]
+STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf", "arena"]
 
 # What a run writes into its directory; a new run clears exactly these (never anything else there).
 RUN_OUTPUTS = ["world", "corpus", "crawl", "data", "tokenizer", "shards", "base", "sft_data", "sft", "sft_ablation",
@@ -265,6 +267,13 @@ def stage_rl(ctx: dict, report: Report) -> None:
 def stage_rlhf(ctx: dict, report: Report) -> None:
     md, metrics = run_rlhf_stage(ctx["rd"], device=get_device(ctx["cfg"].device))
     report.add("rlhf", md)
+
+
+def stage_arena(ctx: dict, report: Report) -> None:
+    cfg = ctx["cfg"]
+    md, _ = run_arena(ArenaConfig(run=str(ctx["rd"]), n_per_kind=ctx["preset"]["n_arena"], seed=cfg.seed,
+                                  device=cfg.device))
+    report.add("arena", marked_section("arena", md))   # markers: `chatforge arena` later replaces it in place
 
 
 def _demote_headings(md: str) -> str:

@@ -340,6 +340,9 @@ def test_arena_endpoints_record_votes_in_run_dir(srv):
     assert votes[-1]["winner"] == "b"
     status, lb = call(srv, "GET", "/v1/arena/leaderboard")
     assert status == 200 and lb["leaderboard"][0]["model"] == v["model_b"]
+    assert lb["by_judge"] == {"human": 1} and votes[-1]["judge"] == "human"
+    top = lb["leaderboard"][0]
+    assert top["lo"] <= top["rating"] <= top["hi"]          # 95% bootstrap interval
 
 
 def test_find_models_from_run_dir_and_specs(tmp_path):

@@ -1,7 +1,8 @@
 """The web UI in headless Chromium (Debian's chromium + Playwright) at 1280 px and at a phone's 390 px:
 chat with streaming and tool parts, per-tab model pickers, the chat's default stage, the playground's
-token candidates, the tokenizer page (no U+FFFD), an arena vote, and a long chat on a phone that is
-trimmed, not broken. Screenshots go to $CHATFORGE_SCREENSHOTS (default: the test's tmp dir).
+token candidates, the tokenizer page (no U+FFFD), an arena vote, a long chat on a phone that is
+trimmed, not broken, and the internals viewer and the report card at both widths. Screenshots go to
+$CHATFORGE_SCREENSHOTS (default: the test's tmp dir).
 Skips without Chromium."""
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 from serve_helpers import LiveServer, scripted, tiny_model, tiny_tokenizer, tool_script
 
 from chatforge.assistant.tools import ToolBox
+from chatforge.common import save_figure
 from chatforge.report import update_results
 from chatforge.serve.server import create_app
 
@@ -158,5 +161,68 @@ def test_phone_width_long_chat_is_trimmed_and_usable(ui):
     page.click("button[data-tab=arena]")
     page.screenshot(path=str(shots / "arena-390.png"))
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert errors == []
+    page.close()
+
+
+# ----------------------------------------------------------------------------- internals and report card
+
+def write_report(run_dir: Path) -> None:
+    """A small report card: a heading with a long path, a table, a figure from report/ and one from
+    elsewhere (not served)."""
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1, 2], [3, 1, 2])
+    save_figure(fig, run_dir / "report" / "curve.png")
+    (run_dir / "report.md").write_text("# chatforge report card\n\n### Data report: /tmp/" + "a_long_folder_name/" * 4 +
+                                       "crawl.warc.gz\n\n## Stage times\n\n| stage | seconds |\n|---|---:|\n"
+                                       "| world | 0.1 |\n| pretrain | 19.8 |\n\n![loss](report/curve.png)\n"
+                                       "![secret](../secret.png)\n")
+
+
+def check_internals(page) -> None:
+    """Open the internals of a prompt: shapes, a lens table (layers x positions), a heatmap on canvas."""
+    page.click("button[data-tab=internals]")
+    page.select_option("#in-model", "sft")
+    page.fill("#in-text", "What is 12*7?")
+    page.click("#in-go")
+    page.wait_for_function("document.getElementById('in-status').textContent.includes('tokens')")
+    n = len(tiny_tokenizer().render_for_completion({"messages": [{"role": "user", "content": "What is 12*7?"}]}))
+    assert page.inner_text("#in-status").startswith(f"{n} tokens, 2 layers")
+    assert page.locator("#in-lens tr").count() == 1 + 3                       # header + embedding + 2 blocks
+    assert page.locator("#in-lens tr:nth-child(2) td").count() == n
+    assert page.locator("#in-answer-p tr").count() == 3 and "%" in page.inner_text("#in-answer-p")
+    page.click("#in-lens td.lcell >> nth=-1")
+    assert page.locator("#in-lens-detail .cands tr").count() == 5
+    assert page.locator("#in-layer option").count() == 2 and page.locator("#in-head option").count() == 2
+    page.select_option("#in-layer", index=1)                                    # layer 2
+    blue = page.evaluate("""() => { const c = document.getElementById('in-att'), x = c.getContext('2d');
+        const d = x.getImageData(0, 0, c.width, c.height).data; let k = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 2] > d[i] + 20) k++; return [c.width, k]; }""")
+    assert blue[0] > 100 and blue[1] > 100                                      # the map is drawn in blue
+
+
+def check_report(page) -> None:
+    page.click("button[data-tab=report]")
+    page.wait_for_function("document.querySelectorAll('#report table').length === 1")
+    assert page.inner_text("#report h1") == "chatforge report card"
+    assert page.locator("#report tbody tr").count() == 2 and "19.8" in page.inner_text("#report table")
+    assert page.locator("#report img").count() == 1                             # ../secret.png is not served
+    assert page.evaluate("document.querySelector('#report img').naturalWidth") > 100
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
+def test_internals_and_report_pages(ui, width, height):
+    srv, _, run, shots, _ = ui
+    write_report(run)
+    page, errors = open_page(ui, width, height)
+    check_internals(page)
+    assert page.evaluate("document.documentElement.scrollWidth") <= width    # lens and heatmap scroll inside
+    page.screenshot(path=str(shots / f"internals-{width}.png"), full_page=True)
+    check_report(page)
+    assert page.evaluate("document.documentElement.scrollWidth") <= width    # long paths wrap
+    page.screenshot(path=str(shots / f"report-{width}.png"), full_page=True)
+    page.goto(srv.url + "/report")                                              # its own address opens its tab
+    page.wait_for_function("document.querySelectorAll('#report table').length === 1")
+    assert page.locator("#tab-report.active").count() == 1
     assert errors == []
     page.close()

@@ -178,6 +178,19 @@ def latest_checkpoint(path: str | os.PathLike) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+def model_specs(specs: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` flags (``--model``) -> {name: path}; each path must hold a complete checkpoint."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise CfError(f"--model {spec!r}: expected NAME=PATH (a checkpoint step or stage folder)")
+        if latest_checkpoint(path) is None:
+            raise CfError(f"--model {name}={path}: no complete checkpoint there")
+        out[name] = Path(path)
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu", tokenizer: Any = None) -> Checkpoint:
     """Load a step folder (or the latest complete one of a stage folder): model in eval mode."""
     found = latest_checkpoint(path)

@@ -214,8 +214,9 @@ class Attention(nn.Module):
         self.c_v = nn.Linear(C, kv, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                kv_cache: KVCache | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q (B, H, T, d), k and v (B, Hkv, T, d), RoPE applied (also read by model/inspect)."""
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)      # (B, H, T, d)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)   # (B, Hkv, T, d)
@@ -223,6 +224,12 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)                     # (T, d) at this chunk's positions
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                kv_cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.project(x, rope)
         mask, causal = None, True
         if kv_cache is not None:
             pos = kv_cache.pos
@@ -309,6 +316,18 @@ class GPT(nn.Module):
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
+    def embed(self, idx: torch.Tensor, pos0: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """idx (B, T) at absolute positions pos0.. -> the residual stream's start x (B, T, C) and the RoPE
+        tables (cos, sin), each (T, d), for these positions (None with learned positions)."""
+        T = idx.shape[1]
+        x = self.wte(idx)                                                              # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))         # (T, C) broadcast
+        else:
+            rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])      # (T, d) each
+        return x, rope
+
     def forward_hidden(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> the final hidden states (B, T, C), after the last norm (what lm_head reads;
         the reward model's scalar head reads them too)."""
@@ -316,12 +335,7 @@ class GPT(nn.Module):
         pos0 = kv_cache.pos if kv_cache is not None else 0
         if pos0 + T > self.config.seq_len:
             raise CfError(f"GPT.forward: positions {pos0}..{pos0 + T - 1} exceed seq_len={self.config.seq_len}")
-        x = self.wte(idx)                                                              # (B, T, C)
-        rope = None
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))         # (T, C) broadcast
-        else:
-            rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])      # (T, d) each
+        x, rope = self.embed(idx, pos0)                                                # (B, T, C)
         for block in self.blocks:
             x = block(x, rope, kv_cache)
         if kv_cache is not None:

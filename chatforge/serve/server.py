@@ -10,7 +10,10 @@ Endpoints (all under /v1 need ``Authorization: Bearer KEY`` when the server has 
     POST /v1/tokenize               token ids, pieces and bytes of a text (the tokenizer page)
     POST /v1/arena/battle           two anonymous models answer one prompt
     POST /v1/arena/vote             record a vote (run/arena/votes.json), reveal the models
-    GET  /v1/arena/leaderboard      Bradley–Terry ratings from all votes
+    GET  /v1/arena/leaderboard      Bradley–Terry ratings with 95% bootstrap intervals from all votes
+                                    (people's and the automatic arena's, counted by judge)
+    POST /v1/internals              logit lens, attention maps, residual norms of a prompt (pages.py)
+    GET  /v1/report                 the run's report.md as HTML (figures inlined);  GET /report  its page
     GET  /openapi.json, /docs       the API spec;   GET /  the web UI (chatforge/static)
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad parameters
@@ -21,7 +24,8 @@ for (``tools``, ``store``, ...) are accepted and named in a ``Warning`` response
 (``serve/messages.py``). Generation runs in one ``batcher.Batcher``
 thread per model, so concurrent requests share batched decode steps.
 
-No endpoint touches the file system except the arena's votes file inside the run directory.
+No endpoint touches the file system except the arena's votes file inside the run directory (written)
+and the run's report.md and report/ figures (read).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import random
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -51,11 +55,12 @@ from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_pyth
 from chatforge.assistant.tools import default_tools
 from chatforge.common import (add_config_args, CfError, config_from_args, get_device, make_parser, print0,
                               print_config, run_dir)
-from chatforge.eval.arena import leaderboard, OUTCOMES, VoteStore
-from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint
+from chatforge.eval.arena import judge_of, OUTCOMES, summarize, VoteStore
+from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint, model_specs
 from chatforge.report import load_results
 from chatforge.serve.batcher import Batcher, GenRequest
 from chatforge.serve.messages import best_assistant, conversation_from_messages, fit_prompt
+from chatforge.serve.pages import add_page_routes
 from chatforge.world.build import load_world
 
 
@@ -698,9 +703,12 @@ async def arena_vote(body: VoteRequest, request: Request) -> dict:
 
 
 async def arena_leaderboard(request: Request) -> dict:
+    """Ratings with 95% bootstrap intervals from every vote: people's and the automatic arena's."""
     st = state(request)
     all_votes = st.votes.snapshot() if st.votes is not None else []
-    return {"leaderboard": leaderboard(all_votes, list(st.served)), "votes": len(all_votes)}
+    board = await asyncio.to_thread(summarize, all_votes, list(st.served), random.Random(0), 100)
+    return {"leaderboard": board["leaderboard"], "votes": len(all_votes),
+            "by_judge": dict(Counter(judge_of(v) for v in all_votes))}
 
 
 # ----------------------------------------------------------------------------- UI and health
@@ -749,6 +757,8 @@ def create_app(models: dict[str, tuple[Any, Any]], run_dir: str | Path | None = 
     for method, path, endpoint, in_schema in ROUTES:
         app.add_api_route(path, endpoint, methods=[method], responses=ERRORS if in_schema else None,
                           include_in_schema=in_schema)
+    add_page_routes(app, st.model, Path(run_dir) if run_dir is not None else None, ApiError, STATIC / "index.html",
+                    ERRORS)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -777,13 +787,7 @@ def find_models(run: str | Path | None, specs: list[str]) -> dict[str, Path]:
         for stage in STAGES:
             if (rd / stage).is_dir() and latest_checkpoint(rd / stage) is not None:
                 out[stage] = rd / stage
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise CfError(f"--model {spec!r}: expected NAME=PATH (a checkpoint step or stage folder)")
-        if latest_checkpoint(path) is None:
-            raise CfError(f"--model {name}={path}: no complete checkpoint there")
-        out[name] = Path(path)
+    out.update(model_specs(specs))
     if not out:
         raise CfError("serve: no checkpoints found; give --run DIR (with base/, sft/ or rl/) or --model NAME=PATH")
     return out

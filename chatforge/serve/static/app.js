@@ -55,7 +55,9 @@ document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("cli
   document.querySelectorAll("#tabs button").forEach((x) => x.classList.toggle("active", x === b));
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.id === "tab-" + b.dataset.tab));
   if (b.dataset.tab === "arena") loadLeaderboard();
+  if (b.dataset.tab === "report") loadReport();
 }));
+const openTab = (name) => document.querySelector(`#tabs button[data-tab=${name}]`).click();
 
 $("apikey").value = localStorage.getItem("chatforge-key") || "";
 $("apikey").addEventListener("change", () => { localStorage.setItem("chatforge-key", $("apikey").value); loadModels(); });
@@ -258,8 +260,9 @@ async function loadLeaderboard() {
   try {
     const data = await api("/v1/arena/leaderboard");
     $("leaderboard").querySelector("tbody").innerHTML = data.leaderboard.map((r, i) =>
-      `<tr><td>${i + 1}</td><td>${escapeHtml(r.model)}</td><td>${r.rating}</td><td>${r.elo}</td><td>${r.votes}</td>` +
+      `<tr><td>${i + 1}</td><td>${escapeHtml(r.model)}</td><td>${r.rating}</td><td>[${r.lo}, ${r.hi}]</td><td>${r.elo}</td><td>${r.votes}</td>` +
       `<td>${r.wins}</td><td>${r.losses}</td><td>${r.ties}</td></tr>`).join("");
+    $("leaderboard-judges").textContent = Object.entries(data.by_judge || {}).map(([j, n]) => `${n} ${j}`).join(", ");
   } catch (e) { $("arena-status").textContent = "leaderboard: " + e.message; }
 }
 
@@ -293,6 +296,94 @@ document.querySelectorAll(".vote").forEach((b) => b.addEventListener("click", as
   } catch (e) { $("arena-status").textContent = "error: " + e.message; }
 }));
 
+// ---------------------------------------------------------------- internals (logit lens, attention, residual stream)
+let internalsData = null;
+
+const shownToken = (t) => JSON.stringify(t).slice(1, -1).replace(/ /g, "\u2423");   // newlines and spaces (␣) visible
+function bar(frac, color) { return `<span class="bar" style="width:${Math.round(160 * Math.min(1, frac))}px${color ? ";background:" + color : ""}"></span>`; }
+
+$("in-go").addEventListener("click", async () => {
+  $("in-status").textContent = "computing…";
+  try {
+    const d = await api("/v1/internals", { model: $("in-model").value, text: $("in-text").value,
+      chat: $("in-chat").checked, answer: $("in-answer").value });
+    internalsData = d;
+    renderInternals(d);
+    $("in-out").hidden = false;
+    $("in-status").textContent = `${d.tokens.length} tokens, ${d.config.n_layer} layers × ${d.config.n_head} heads; ` +
+      `lens vs logits max |diff| ${d.lens_vs_logits_max_abs_diff.toExponential(1)}`;
+  } catch (e) { $("in-status").textContent = "error: " + e.message; }
+});
+
+function renderInternals(d) {
+  $("in-shapes").innerHTML = "<tr><th>tensor</th><th>shape</th><th>what</th></tr>" + d.shapes.map((s) =>
+    `<tr><td><code>${escapeHtml(s.name)}</code></td><td><code>(${s.shape.join(", ")})</code></td><td>${escapeHtml(s.note)}</td></tr>`).join("");
+  // lens: rows = layers (top = last), columns = positions; cell = top-1 guess shaded by its probability
+  const head = "<tr><th>layer \\ position</th>" + d.tokens.map((t, i) =>
+    `<th title="id ${t.id}">${i}<br><code>${escapeHtml(shownToken(t.text))}</code></th>`).join("") + "</tr>";
+  const rows = d.lens.slice().reverse().map((row) => `<tr><th>${escapeHtml(row.name)}</th>` + row.top.map((c, t) =>
+    `<td class="lcell" data-layer="${row.layer}" data-pos="${t}" style="background:rgba(45,108,223,${(0.85 * c[0].p).toFixed(2)})">` +
+    `<code>${escapeHtml(shownToken(c[0].text))}</code><br><small>${c[0].p.toFixed(2)}</small></td>`).join("") + "</tr>").join("");
+  $("in-lens").innerHTML = head + rows;
+  $("in-lens").querySelectorAll(".lcell").forEach((td) => td.addEventListener("click", () => {
+    const row = d.lens[+td.dataset.layer], cands = row.top[+td.dataset.pos];
+    $("in-lens-detail").innerHTML = `${escapeHtml(row.name)}, position ${td.dataset.pos}: <table class="cands">` +
+      cands.map((c) => `<tr><td><code>${escapeHtml(shownToken(c.text))}</code> <small>id ${c.id}</small></td>` +
+        `<td>${(100 * c.p).toFixed(1)}%</td><td>${bar(c.p)}</td></tr>`).join("") + "</table>";
+  }));
+  $("in-answer-title").textContent = `Probability of the answer "${shownToken(d.answer.text)}" at the last position, per layer`;
+  $("in-answer-p").innerHTML = d.lens.map((row, l) =>
+    `<tr><th>${escapeHtml(row.name)}</th><td>${(100 * d.answer.p[l]).toFixed(1)}%</td><td>${bar(d.answer.p[l])}</td></tr>`).join("");
+  const maxNorm = Math.max(...d.residual.map((r) => r.norm), 1e-9);
+  $("in-norms").innerHTML = "<tr><th>layer</th><th>mean ‖x‖</th><th></th><th>+ attention</th><th>+ MLP</th></tr>" +
+    d.residual.map((r) => {
+      const c = d.contrib.find((x) => x.layer === r.layer);
+      return `<tr><th>${escapeHtml(r.name)}</th><td>${r.norm.toFixed(2)}</td><td>${bar(r.norm / maxNorm)}</td>` +
+        `<td>${c ? c.attn.toFixed(2) + " " + bar(c.attn / maxNorm, "#e07a1f") : ""}</td>` +
+        `<td>${c ? c.mlp.toFixed(2) + " " + bar(c.mlp / maxNorm, "#2e9e5b") : ""}</td></tr>`;
+    }).join("");
+  const opts = (n) => Array.from({ length: n }, (_, i) => `<option value="${i}">${i + 1}</option>`).join("");
+  $("in-layer").innerHTML = opts(d.config.n_layer); $("in-head").innerHTML = opts(d.config.n_head);
+  drawAttention();
+}
+
+// one (T, T) map on a canvas, token labels on both axes (rows: queries, columns: keys)
+function drawAttention() {
+  const d = internalsData; if (!d) return;
+  const rows = d.attention_permille[+$("in-layer").value][+$("in-head").value];   // weights in thousandths
+  const labels = d.tokens.map((t) => shownToken(t.text).slice(0, 12));
+  const T = labels.length, cv = $("in-att"), ctx = cv.getContext("2d");
+  ctx.font = "11px monospace";
+  const pad = Math.ceil(Math.max(...labels.map((s) => ctx.measureText(s).width))) + 8;
+  const cell = Math.max(6, Math.min(28, Math.floor(Math.min(720, (cv.parentElement.clientWidth || 720) - pad) / T)));
+  cv.width = pad + T * cell; cv.height = pad + T * cell;
+  ctx.font = "11px monospace"; ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, cv.width, cv.height);
+  for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) {
+    const w = rows[i][j] / 1000;
+    ctx.fillStyle = `rgba(45,108,223,${Math.sqrt(w).toFixed(3)})`;          // sqrt: small weights stay visible
+    ctx.fillRect(pad + j * cell, pad + i * cell, cell - 1, cell - 1);
+  }
+  ctx.fillStyle = "#1d1d1f"; ctx.textBaseline = "middle";
+  labels.forEach((s, i) => {
+    ctx.textAlign = "right"; ctx.fillText(s, pad - 4, pad + i * cell + cell / 2);          // queries, left
+    ctx.save(); ctx.translate(pad + i * cell + cell / 2, pad - 4); ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "left"; ctx.fillText(s, 0, 0); ctx.restore();                          // keys, top
+  });
+}
+$("in-layer").addEventListener("change", drawAttention);
+$("in-head").addEventListener("change", drawAttention);
+
+// ---------------------------------------------------------------- report card
+async function loadReport() {
+  $("report-status").textContent = "loading…";
+  try {
+    const d = await api("/v1/report");
+    $("report").innerHTML = d.html;        // rendered server-side from report.md, text escaped there
+    $("report-status").textContent = d.path ? "from " + d.path : "";
+  } catch (e) { $("report-status").textContent = "error: " + e.message; }
+}
+
 function escapeHtml(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
 
 loadModels();
+if (location.pathname === "/report") openTab("report");
