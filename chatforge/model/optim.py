@@ -7,7 +7,7 @@ A short tutorial
 each coordinate is normalised by its own recent magnitude, so rare-but-important coordinates
 (embedding rows of rare tokens) move as fast as common ones. Weight decay is *decoupled*: the
 weights shrink by ``lr * wd`` directly instead of through the gradient. We use PyTorch's
-implementation (fused kernels on CUDA) -- there is exactly one AdamW in chatforge, this one.
+implementation (fused kernels on CUDA and CPU) -- there is exactly one AdamW in chatforge, this one.
 
 **Muon** (Keller Jordan, 2024, "Muon: an optimizer for hidden layers in neural networks";
 "MomentUm Orthogonalized by Newton-schulz") treats a 2-D weight as a linear map, not as a bag of
@@ -264,7 +264,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizers:
     head_lr = cfg.head_lr or lr
     wd = cfg.weight_decay
     betas = (cfg.beta1, cfg.beta2)
-    fused = bool(next(model.parameters()).is_cuda)
+    # the fused kernel exists for CUDA and CPU; on a 2-core CPU it is ~1.5x the for-loop AdamW
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
     adam_groups = [dict(params=groups.get("embedding", []), lr=embed_lr, weight_decay=0.0),
                    dict(params=groups.get("lm_head", []), lr=head_lr, weight_decay=0.0),
                    dict(params=groups.get("scalar", []), lr=lr, weight_decay=0.0)]
