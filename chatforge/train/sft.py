@@ -37,6 +37,7 @@ from chatforge.model.batching import collate
 from chatforge.model.checkpoint import load_checkpoint, save_checkpoint
 from chatforge.model.optim import OptimConfig, build_optimizer, lr_at
 from chatforge.tokenizer.tokenizer import load_conversations
+from chatforge.train.pretrain import compile_pays
 from chatforge.train.sft_data import SFTMix, build_sft_data
 
 
@@ -62,6 +63,9 @@ class SFTConfig:
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA and on CPUs with "
                                                          "native bf16) | float32 | bfloat16"})
     save_optimizer: bool = field(default=False, metadata={"help": "also save optim.pt"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile the model: --compile always, --no-compile never; unset = when the run is long "
+                "enough to pay for compiling (pretrain.compile_pays, decided after the first timed step)"})
 
 
 # ----------------------------------------------------------------------------- batching (pure)
@@ -158,15 +162,23 @@ def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_i
     batches: list[list[int]] = []
     history: list[dict[str, float]] = []
     val_loss = float("nan")
+    fwd = torch.compile(model) if cfg.compile else model  # the same weights either way
     for step in range(total):
         if not batches:
             batches = batch_order(lengths, cfg.batch_size, rng)
         x, y = collate([rows[i] for i in batches.pop()], pad_id)
         elapsed = time.perf_counter() - t0
+        if step == 2 and cfg.compile is None:  # auto: decide on step 1, the first without allocation
+            left = (total - step) * (elapsed - t_prev)   # eager step 1 * steps left
+            left = min(left, cfg.time_budget - elapsed) if cfg.time_budget > 0 else left
+            if compile_pays(None, device, left):
+                print0(f"sft: compiling the model: ~{left:.0f} s of eager training left pays for it")
+                fwd = torch.compile(model)
+        t_prev = elapsed
         progress = step if cfg.time_budget <= 0 else max(step, total * elapsed / cfg.time_budget)
         opt.set_lr(lr_at(progress, total, cfg.optim))
         with autocast_ctx(device, dtype):
-            loss = model(x.to(device), targets=y.to(device))
+            loss = fwd(x.to(device), targets=y.to(device))
         opt.zero_grad()
         loss.backward()
         if cfg.optim.grad_clip > 0:
