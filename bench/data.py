@@ -6,7 +6,7 @@ Same WARC input (a synthetic crawl) for every contender, one task on one core, m
 --repeats runs, printed as ratios against datatrove's stock FineWeb steps measured in this run.
 Contenders: the whole chatforge pipeline (every step on, report included) with the default
 extractor (trafilatura, with its fallback), trafilatura-fast and resiliparse. Extraction F1 uses
-``shared_data_dir()/article-extraction-benchmark`` ($CHATFORGE_DATA, default ../shared/data).
+``data_dir()/article-extraction-benchmark`` ($CHATFORGE_DATA, default ../shared/data).
 
 "stock" = datatrove's own blocks from its FineWeb example that run offline here: its Trafilatura
 extractor (sandboxed subprocess, deduplicate=True, favour_precision=True) and PIIFormatter, behind
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatforge.common import shared_data_dir  # noqa: E402
+from chatforge.common import data_dir  # noqa: E402
 from chatforge.data.crawl import demo_docs, make_crawl  # noqa: E402
 from chatforge.data.curate import DataConfig, extraction_benchmark, run_pipeline  # noqa: E402
 
@@ -111,7 +111,7 @@ def main() -> None:
         print(f"  {k:<22} {n_pages / v:8.1f} docs/s/core   {med['stock'] / v:5.2f}x stock")
     for k, v in steps.items():
         print(f"  step {k:<18} {1000 * v / n_pages:6.3f} ms/doc" + ("" if k == "skeleton" else " over the skeleton"))
-    bench = shared_data_dir() / "article-extraction-benchmark"
+    bench = data_dir() / "article-extraction-benchmark"
     if (bench / "ground-truth.json").exists():
         f1 = {ex: extraction_benchmark(bench, ex, a.f1_pages) for ex in ("trafilatura", "trafilatura-fast", "resiliparse")}
         for ex, d in f1.items():

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/tokenizer.py [--mb 50] [--repeats 3] [--vocab 4096 32768] [--twin-mb 0.2]
 
-Data: the Gutenberg books in ``shared_data_dir()/gutenberg`` (``$CHATFORGE_DATA``, default
+Data: the Gutenberg books in ``data_dir()/gutenberg`` (``$CHATFORGE_DATA``, default
 ../shared/data beside the checkout).
 
 Training (same text, same Llama-3 split regex): chatforge (rustbpe) vs HF ``tokenizers`` BpeTrainer.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chatforge.common import shared_data_dir  # noqa: E402
+from chatforge.common import data_dir  # noqa: E402
 from chatforge.tokenizer import bpe  # noqa: E402
 from chatforge.tokenizer.tokenizer import SPECIAL_TOKENS, LLAMA3_PATTERN, export_hf_tokenizer, train_tokenizer  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for batched encoding")
     ap.add_argument("--twin-mb", type=float, default=0.2, help="MB encoded by the pure-Python twin")
     args = ap.parse_args()
-    data = shared_data_dir() / "gutenberg"
+    data = data_dir() / "gutenberg"
     if not any(data.rglob("*.txt")):
         sys.exit(f"{data}: no Gutenberg .txt files; put shared/data beside the checkout or set CHATFORGE_DATA "
                  "(see shared/data/SOURCES.md)")

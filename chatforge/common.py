@@ -212,13 +212,6 @@ def write_meta(path: str | os.PathLike, kind: str, config: Any, **extra: Any) ->
     atomic_write_json(path, {"kind": kind, "config": config, **extra, "provenance": provenance()})
 
 
-def shared_data_dir() -> Path:
-    """The one data-folder setting: ``$CHATFORGE_DATA``, else ``../shared/data`` beside the checkout
-    (the real data sets of shared/data/SOURCES.md). Callers say clearly when it is missing."""
-    env = os.environ.get("CHATFORGE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 def run_dir(name_or_path: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
     """``runs/<name>`` for a bare name, the path itself when it contains a separator."""
     p = Path(name_or_path)
