@@ -129,9 +129,11 @@ def hf_row(depth: int, pc: PretrainConfig, batch, vocab: int, device: str) -> Ro
     return Row(step, opt, x.numel(), ours.flops_per_token(), device)
 
 
-def mm_gflops(device: str, n: int = 1024, reps: int = 5) -> float:
+def mm_gflops(device: str, n: int = 1024, reps: int = 15) -> float:
+    """Median fp32 GFLOP/s of an n^3 matmul, after warm-up calls that spin up the thread pool."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
+    for _ in range(3):
+        a @ b
     ts = []
     for _ in range(reps):
         sync(device)
