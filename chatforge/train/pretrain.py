@@ -511,8 +511,9 @@ def fit_time_budget(run: Run, t_start: float, dt_ema: float, step_cap: int) -> N
 
 
 def maybe_compile(run: Run, t_start: float, dt: float) -> bool:
-    """Auto ``--compile``: after the first timed (eager) step, compile when the eager time still to run
-    pays for it (``compile_pays``); ranks agree on the smallest estimate. True when it compiled."""
+    """Auto ``--compile``: after three timed eager steps (``dt``: the fastest of them), compile when the
+    eager time still to run pays for it (``compile_pays``); ranks agree on the smallest estimate.
+    True when it compiled."""
     left = (run.total_steps - run.step) * dt
     if run.cfg.time_budget > 0:
         left = min(left, run.cfg.time_budget - (time.perf_counter() - t_start))
@@ -533,7 +534,7 @@ def train(run: Run) -> float:
     t_start = time.perf_counter()
     dt_ema, timed_steps = None, 0
     untimed_through = run.step if cfg.resume else run.step + 1  # steps not timed: allocation, compilation
-    decide_compile = cfg.compile is None
+    decide_compile, eager_dts = cfg.compile is None, []   # auto --compile: decided on 3 timed eager steps
     step_cap = run.total_steps  # --max-steps / token budget still bound a time-budgeted run
     while run.step < run.total_steps:
         t0 = time.perf_counter()
@@ -542,9 +543,11 @@ def train(run: Run) -> float:
         if run.step > untimed_through:  # the first step pays for allocation / compilation
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
             timed_steps += 1
-        if decide_compile and timed_steps == 1:
+        if decide_compile and run.step > untimed_through:
+            eager_dts.append(dt)
+        if decide_compile and len(eager_dts) == 3:   # the fastest of 3: one slow step must not decide it
             decide_compile = False
-            if maybe_compile(run, t_start, dt):   # the next step compiles: time from the one after
+            if maybe_compile(run, t_start, min(eager_dts)):   # the next step compiles: time from the one after
                 dt_ema, timed_steps, untimed_through = None, 0, run.step + 1
         # refit once after 5 timed steps, then every 10 steps while the lr is at its peak (WSD's
         # stable phase), since early step times are noisy

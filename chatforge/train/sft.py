@@ -163,18 +163,20 @@ def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_i
     history: list[dict[str, float]] = []
     val_loss = float("nan")
     fwd = torch.compile(model) if cfg.compile else model  # the same weights either way
+    starts: list[float] = []   # step start times, for the auto --compile decision
     for step in range(total):
         if not batches:
             batches = batch_order(lengths, cfg.batch_size, rng)
         x, y = collate([rows[i] for i in batches.pop()], pad_id)
         elapsed = time.perf_counter() - t0
-        if step == 2 and cfg.compile is None:  # auto: decide on step 1, the first without allocation
-            left = (total - step) * (elapsed - t_prev)   # eager step 1 * steps left
+        if step <= 4:
+            starts.append(elapsed)
+        if step == 4 and cfg.compile is None:  # auto: on the fastest of steps 1-3 (step 0 allocates)
+            left = (total - step) * min(b - a for a, b in zip(starts[1:4], starts[2:5]))
             left = min(left, cfg.time_budget - elapsed) if cfg.time_budget > 0 else left
             if compile_pays(None, device, left):
                 print0(f"sft: compiling the model: ~{left:.0f} s of eager training left pays for it")
                 fwd = torch.compile(model)
-        t_prev = elapsed
         progress = step if cfg.time_budget <= 0 else max(step, total * elapsed / cfg.time_budget)
         opt.set_lr(lr_at(progress, total, cfg.optim))
         with autocast_ctx(device, dtype):
