@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/quality.py [--recipes adamw muon] [--depth 2] [--tokens 400000] [--seeds 1]
 
-Data: the Project Gutenberg books of ../shared/data/gutenberg (beside the checkout), Gutenberg
+Data: the Project Gutenberg books of data_dir("gutenberg") ($CHATFORGE_DATA, default ../shared/data), Gutenberg
 header/footer stripped, cut into ~16 KB documents; 2% of the documents are the validation split.
 A BPE tokenizer (``--vocab``) is trained on the first ``--tok-chars`` characters. Everything is
 cached under ``--work`` so a second run only trains models.
@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatforge.common import make_config  # noqa: E402
+from chatforge.common import data_dir, make_config  # noqa: E402
 from chatforge.train.pretrain import PretrainConfig, pretrain   # noqa: E402
 from chatforge.data.shards import tokenize_corpus               # noqa: E402
 from chatforge.tokenizer.tokenizer import train_tokenizer            # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
+DATA = data_dir("gutenberg")   # $CHATFORGE_DATA, default ../shared/data beside the checkout
 
 
 def strip_gutenberg(text: str) -> str:
@@ -82,8 +82,9 @@ def main() -> None:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    if not DATA.exists():
-        sys.exit(f"{DATA}: Gutenberg data not found")
+    if not any(DATA.rglob("*.txt")):
+        sys.exit(f"{DATA}: no Gutenberg .txt files; put shared/data beside the checkout or set CHATFORGE_DATA "
+                 "(see shared/data/SOURCES.md)")
     run = prepare(Path(args.work), args.vocab, args.tok_chars, args.data_chars)
     steps = args.tokens // (args.batch * args.seq_len)
     base = make_config(PretrainConfig, run=str(run), depth=args.depth, seq_len=args.seq_len, device_batch_size=args.batch,

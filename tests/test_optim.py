@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from chatforge.common import CfError
-from chatforge.model.optim import Muon, OptimConfig, build_optimizer, lr_at, newton_schulz, split_params
+from chatforge.model.optim import (Muon, OptimConfig, build_optimizer, lr_at, newton_schulz, newton_schulz_batched,
+                                   split_params)
 
 
 def test_cosine_schedule_shape():
@@ -40,6 +41,35 @@ def test_newton_schulz_is_nearly_orthogonal(shape, dtype, tol):
     M = U.T @ X @ Vh.T
     assert (M - torch.diag(M.diagonal())).abs().max() < tol
     assert M.diagonal().min() > 0.5
+
+
+def test_batched_newton_schulz_matches_the_per_matrix_reference():
+    g = torch.Generator().manual_seed(1)
+    mats = [torch.randn(s, generator=g) for s in [(48, 48), (96, 32), (32, 96), (48, 48), (96, 32), (16, 40)]]
+    fast = newton_schulz_batched(mats, dtype=torch.float32)
+    for G, X in zip(mats, fast):
+        assert X.shape == G.shape
+        torch.testing.assert_close(X, newton_schulz(G, dtype=torch.float32), atol=2e-5, rtol=1e-4)
+
+
+def test_batched_muon_steps_like_the_per_matrix_muon():
+    torch.manual_seed(0)
+    shapes = [(24, 24), (64, 24), (24, 64), (24, 24)]
+    ps = {k: [torch.nn.Parameter(torch.randn(s)) for s in shapes] for k in ("ref", "fast")}
+    for a, b in zip(ps["ref"], ps["fast"]):
+        b.data.copy_(a.data)
+    start = [p.detach().clone() for p in ps["ref"]]
+    opts = {"ref": Muon(ps["ref"], lr=0.05, weight_decay=0.1, batched=False),
+            "fast": Muon(ps["fast"], lr=0.05, weight_decay=0.1)}
+    for _ in range(3):   # momentum state carries across steps
+        grads = [torch.randn(s) for s in shapes]
+        for k in opts:
+            for p, gr in zip(ps[k], grads):
+                p.grad = gr.clone()
+            opts[k].step()
+    for a, b in zip(ps["ref"], ps["fast"]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert all((a - s).abs().max() > 0.05 for a, s in zip(ps["ref"], start))   # the steps moved them
 
 
 def test_muon_reduces_loss_on_a_tiny_problem():

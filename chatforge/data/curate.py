@@ -20,6 +20,7 @@ place, so readers never see a half-written file; completed tasks are skipped on 
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import importlib.util
 import json
@@ -41,7 +42,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.stats import Stats
-from loguru import logger
+from loguru import _better_exceptions as loguru_exceptions, logger
 
 from chatforge.common import (add_config_args, atomic_write_json, atomic_write_text, CfError,
                               config_from_args, make_parser, print0, print_config, read_json, read_jsonl,
@@ -49,12 +50,9 @@ from chatforge.common import (add_config_args, atomic_write_json, atomic_write_t
 from chatforge.data import filters as F
 from chatforge.data.crawl import CrawlReader, decode_body, demo_docs, make_crawl
 from chatforge.data.dedup import find_duplicates, Signatures
-from chatforge.data.filters import _WORD_RE, extract_text
+from chatforge.data.filters import _WORD_RE, EXTRACTORS, extract_text
 from chatforge.data.shards import tokenize_corpus
 from chatforge.tokenizer.tokenizer import Tokenizer
-
-
-
 
 # funnel rows in FineWeb's order: (config switch, step name)
 STEP_ORDER = ["url_filter", "extract", "language", "gopher_repetition", "gopher_quality", "c4", "fineweb",
@@ -78,7 +76,9 @@ class DataConfig:
     url_banned_words: bool = field(default=True, metadata={"help": "drop URLs containing a banned word"})
     # extraction
     extract: bool = field(default=True, metadata={"help": "extract main text from HTML"})
-    extractor: str = field(default="trafilatura", metadata={"help": "HTML extractor", "choices": ["trafilatura", "resiliparse"]})
+    extractor: str = field(default="trafilatura", metadata={
+        "help": "HTML extractor (trafilatura-fast: without its readability/jusText fallback, ~2x faster, "
+                "F1 0.965 -> 0.946 on the extraction benchmark)", "choices": list(EXTRACTORS)})
     extract_timeout: float = field(default=2.0, metadata={"help": "seconds per page, 0 = none (FineWeb: 0.1; larger keeps output machine-independent)"})
     # language
     language_filter: bool = field(default=True, metadata={"help": "fastText (lid.176) language filter"})
@@ -119,8 +119,8 @@ def validate(cfg: DataConfig) -> None:
     for name in ("tasks", "workers", "minhash_ngram", "minhash_bands", "minhash_rows"):
         if getattr(cfg, name) < 1:
             raise CfError(f"config.{name}: expected an integer >= 1, got {getattr(cfg, name)}")
-    if cfg.extractor not in ("trafilatura", "resiliparse"):
-        raise CfError(f"config.extractor: expected trafilatura or resiliparse, got {cfg.extractor!r}")
+    if cfg.extractor not in EXTRACTORS:
+        raise CfError(f"config.extractor: expected one of {', '.join(EXTRACTORS)}, got {cfg.extractor!r}")
     if cfg.executor not in ("local", "ray", "slurm"):
         raise CfError(f"config.executor: expected local, ray or slurm, got {cfg.executor!r}")
     if cfg.output_format not in ("jsonl", "parquet"):
@@ -311,6 +311,16 @@ def _check_writable(out: Path) -> None:
         raise CfError(f"{out}: output folder is not writable ({e.strerror})") from None
 
 
+def _cache_loguru_lib_dirs() -> None:
+    """datatrove adds two loguru sinks per task (3 stages: 6+ per run), and every sink recomputes the
+    interpreter's library folders from sysconfig (~10-30 ms each, ~0.1 s a run: as much as 30
+    pages' filtering). The folders cannot change while we run, so compute them once."""
+    fmt = getattr(loguru_exceptions, "ExceptionFormatter", None)
+    get = getattr(fmt, "_get_lib_dirs", None)
+    if get is not None and not hasattr(get, "cache_info"):
+        fmt._get_lib_dirs = staticmethod(functools.lru_cache(maxsize=1)(get))
+
+
 def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
     """Run the whole curation pipeline; returns the stats dict also saved as data/data.json."""
     validate(cfg)
@@ -319,6 +329,7 @@ def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
     work = out / ".work"
     _reset_if_changed(work, cfg)
 
+    _cache_loguru_lib_dirs()
     logger.remove()  # datatrove logs every task verbosely; keep warnings on stderr
     logger.add(sys.stderr, level="WARNING")
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)

@@ -7,7 +7,7 @@ A short tutorial
 each coordinate is normalised by its own recent magnitude, so rare-but-important coordinates
 (embedding rows of rare tokens) move as fast as common ones. Weight decay is *decoupled*: the
 weights shrink by ``lr * wd`` directly instead of through the gradient. We use PyTorch's
-implementation (fused kernels on CUDA) -- there is exactly one AdamW in chatforge, this one.
+implementation (fused kernels on CUDA and CPU) -- there is exactly one AdamW in chatforge, this one.
 
 **Muon** (Keller Jordan, 2024, "Muon: an optimizer for hidden layers in neural networks";
 "MomentUm Orthogonalized by Newton-schulz") treats a 2-D weight as a linear map, not as a bag of
@@ -79,14 +79,11 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately orthogonalise ``G`` (..., m, n): returns ~``U V^T`` of its SVD.
 
-    Runs in bfloat16 on CUDA and on CPUs with native bf16 (fast, and the iteration is robust to it:
-    Keller Jordan's Muon does the same), float32 elsewhere. On a 2-core AMX CPU, bf16 cuts the
-    optimizer step of a d4 model from ~146 to ~110 ms (~6% of a training step).
+    The reference: one matrix (or any batch) at a time, the iteration written as in the paper.
+    Muon uses ``newton_schulz_batched``, which must agree with this (tests/test_optim.py).
     """
     a, b, c = NS_COEFFS
-    if dtype is None:
-        dtype = torch.bfloat16 if G.is_cuda or (G.device.type == "cpu" and cpu_has_bf16()) else torch.float32
-    X = G.to(dtype)
+    X = G.to(dtype or ns_dtype(G))
     transposed = X.size(-2) > X.size(-1)
     if transposed:  # iterate on the smaller Gram matrix X X^T
         X = X.mT
@@ -100,6 +97,42 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     return X.to(G.dtype)
 
 
+def ns_dtype(G: torch.Tensor) -> torch.dtype:
+    """bfloat16 on CUDA and on CPUs with native bf16 (the iteration is robust to it: Keller Jordan's
+    Muon does the same), float32 elsewhere: emulated bf16 matmuls on an AVX2-only CPU are several
+    times slower than fp32 (dev/LOG.md, "Muon at its cost")."""
+    return torch.bfloat16 if G.is_cuda or (G.device.type == "cpu" and cpu_has_bf16()) else torch.float32
+
+
+def newton_schulz_batched(mats: list[torch.Tensor], steps: int = 5, eps: float = 1e-7,
+                          dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """``newton_schulz`` of every matrix in ``mats``, with one batched matmul per shape group.
+
+    Tall matrices are transposed to wide before grouping, so (704, 256) and (256, 704) share one
+    stack (k, 256, 704). Each iteration is three ``baddbmm`` calls, which fold the polynomial's
+    scalings and sums into the matmuls instead of separate passes over memory:
+    ``B = b A + c A A`` and ``X = a X + B X``. The matrices of a d4-d8 model are small (256-512
+    wide), so a batch keeps the matmul kernels busy where a Python loop pays per-call overhead.
+    """
+    a, b, c = NS_COEFFS
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, g in enumerate(mats):
+        groups.setdefault((min(g.shape), max(g.shape)), []).append(i)
+    out: list[torch.Tensor] = [mats[0]] * len(mats)
+    for idx in groups.values():
+        wide = [mats[i].mT if mats[i].size(0) > mats[i].size(1) else mats[i] for i in idx]
+        X = torch.stack(wide).to(dtype or ns_dtype(mats[idx[0]]))          # (k, m, n), m <= n
+        X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+        for _ in range(steps):
+            A = torch.bmm(X, X.mT)                                          # (k, m, m)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)                     # b A + c A A
+            X = torch.baddbmm(X, B, X, beta=a)                              # a X + B X
+        for j, i in enumerate(idx):
+            x = X[j].to(mats[i].dtype)
+            out[i] = x.mT if mats[i].size(0) > mats[i].size(1) else x
+    return out
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters: Nesterov momentum, then Newton-Schulz orthogonalisation.
 
@@ -107,9 +140,10 @@ class Muon(torch.optim.Optimizer):
     are DTensors: the gradient is gathered, orthogonalised, and each rank applies its shard.
     """
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95,
-                 nesterov: bool = True, weight_decay: float = 0.0, ns_steps: int = 5):
+                 nesterov: bool = True, weight_decay: float = 0.0, ns_steps: int = 5, batched: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
                                       weight_decay=weight_decay, ns_steps=ns_steps))
+        self.batched = batched   # False: the per-matrix reference path (and the FSDP2 path)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -122,26 +156,33 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                buf.lerp_(g, 1 - mom)                       # buf = mom*buf + (1-mom)*g
-                g = g.lerp(buf, mom) if group["nesterov"] else buf
-                full = g.full_tensor() if hasattr(g, "full_tensor") else g  # FSDP2: gather
-                update = newton_schulz(full, steps=group["ns_steps"])
-                update *= max(1.0, p.size(-2) / p.size(-1)) ** 0.5
-                if full is not g:  # back to this rank's shard
-                    update = distribute_tensor(update, g.device_mesh, g.placements)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            mom, grads = group["momentum"], [p.grad for p in params]
+            bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad)) for p in params]
+            torch._foreach_lerp_(bufs, grads, 1 - mom)                  # buf = mom*buf + (1-mom)*g
+            updates = torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs
+            if self.batched and not any(hasattr(g, "full_tensor") for g in updates):
+                orth = newton_schulz_batched(updates, steps=group["ns_steps"])
+            else:
+                orth = [_orthogonalize_one(g, group["ns_steps"]) for g in updates]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            for p, u in zip(params, orth):
+                # tall and wide matrices move at a comparable rate
+                p.add_(u, alpha=-group["lr"] * max(1.0, p.size(-2) / p.size(-1)) ** 0.5)
         return loss
+
+
+def _orthogonalize_one(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """Reference path, one matrix at a time. Under FSDP2 ``g`` is a DTensor shard: gather the full
+    matrix, orthogonalise it, and hand back this rank's shard."""
+    full = g.full_tensor() if hasattr(g, "full_tensor") else g
+    update = newton_schulz(full, steps=steps)
+    if full is not g:
+        update = distribute_tensor(update, g.device_mesh, g.placements)
+    return update
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -223,7 +264,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizers:
     head_lr = cfg.head_lr or lr
     wd = cfg.weight_decay
     betas = (cfg.beta1, cfg.beta2)
-    fused = bool(next(model.parameters()).is_cuda)
+    # the fused kernel exists for CUDA and CPU; on a 2-core CPU it is ~1.5x the for-loop AdamW
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
     adam_groups = [dict(params=groups.get("embedding", []), lr=embed_lr, weight_decay=0.0),
                    dict(params=groups.get("lm_head", []), lr=head_lr, weight_decay=0.0),
                    dict(params=groups.get("scalar", []), lr=lr, weight_decay=0.0)]

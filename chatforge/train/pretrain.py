@@ -78,7 +78,9 @@ class PretrainConfig:
                                                          "native bf16 (AMX), else fp32",
                                                  "choices": ["auto", "float32", "bfloat16"]})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile the model: --compile always, --no-compile never; unset = when the run is long "
+                "enough to pay for compiling (compile_pays, decided after the first timed step)"})
     eval_every: int = field(default=100, metadata={"help": "validate every N steps (0 = only at the end)"})
     eval_tokens: int = field(default=65536, metadata={"help": "validation tokens per evaluation"})
     sample_every: int = field(default=0, metadata={"help": "print samples every N steps (0 = at the end)"})
@@ -89,6 +91,27 @@ class PretrainConfig:
     seed: int = field(default=1337, metadata={"help": "seed for init and data order"})
     fsdp: bool = field(default=False, metadata={"help": "shard params/grads/optimizer state (FSDP2)"})
     log_every: int = field(default=1, metadata={"help": "print a log line every N steps"})
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+# (seconds to compile a training step, eager step time / compiled step time) per device type.
+# cpu: measured on a 2-core AVX2 EPYC, fp32, d4 B=16 T=256 (issue 17, dev/LOG.md "Speed on the CPU");
+# cuda: NOT measured in this repo (no GPU here): typical figures for a small GPT, to be re-measured.
+COMPILE_COST = {"cpu": (46.0, 1.19), "cuda": (60.0, 1.3)}
+
+
+def compile_pays(want: bool | None, device: str, seconds_left: float) -> bool:
+    """Whether to ``torch.compile``: ``want`` True/False forces it; None (auto) compiles when the eager
+    time still to run shrinks by more than compiling costs, ``seconds_left * (1 - 1/speedup) > cost``
+    (CPU d4: from ~290 s of training on), and never on a CPU without a C++ compiler (inductor's)."""
+    if want is not None:
+        return want
+    dev = device.split(":")[0]
+    if dev not in COMPILE_COST or (dev == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None):
+        return False
+    cost, speedup = COMPILE_COST[dev]
+    return seconds_left * (1 - 1 / speedup) > cost
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -339,7 +362,8 @@ def plan_steps(cfg: PretrainConfig, n_params: int, total_batch: int, ckpt) -> in
 
 
 def wrap_parallel(raw_model: GPT, cfg: PretrainConfig, d: Dist) -> nn.Module:
-    """FSDP2 (shard params/grads/optimizer state) or DDP across ranks, then torch.compile if asked."""
+    """FSDP2 (shard params/grads/optimizer state) or DDP across ranks, then torch.compile if forced
+    (``--compile``; the auto rule decides later, in ``maybe_compile``)."""
     model: nn.Module = raw_model
     if d.world_size > 1 and cfg.fsdp:
         for block in raw_model.blocks:
@@ -486,6 +510,21 @@ def fit_time_budget(run: Run, t_start: float, dt_ema: float, step_cap: int) -> N
     run.total_steps = int(all_reduce_min(torch.tensor(float(fitted), device=run.d.device), run.d).item())
 
 
+def maybe_compile(run: Run, t_start: float, dt: float) -> bool:
+    """Auto ``--compile``: after three timed eager steps (``dt``: the fastest of them), compile when the
+    eager time still to run pays for it (``compile_pays``); ranks agree on the smallest estimate.
+    True when it compiled."""
+    left = (run.total_steps - run.step) * dt
+    if run.cfg.time_budget > 0:
+        left = min(left, run.cfg.time_budget - (time.perf_counter() - t_start))
+    left = all_reduce_min(torch.tensor(float(left), device=run.d.device), run.d).item()
+    if not compile_pays(None, run.d.device, left):
+        return False
+    print0(f"compiling the model: ~{left:.0f} s of eager training left pays for it (compile_pays)")
+    run.model = torch.compile(run.model)
+    return True
+
+
 def train(run: Run) -> float:
     """The loop: steps until the plan (or the opt-in time budget) ends, with validation, samples and
     checkpoints on their schedules. Returns the seconds it took."""
@@ -494,14 +533,22 @@ def train(run: Run) -> float:
     run.model.train()
     t_start = time.perf_counter()
     dt_ema, timed_steps = None, 0
+    untimed_through = run.step if cfg.resume else run.step + 1  # steps not timed: allocation, compilation
+    decide_compile, eager_dts = cfg.compile is None, []   # auto --compile: decided on 3 timed eager steps
     step_cap = run.total_steps  # --max-steps / token budget still bound a time-budgeted run
     while run.step < run.total_steps:
         t0 = time.perf_counter()
         loss_val = train_step(run)
         dt = time.perf_counter() - t0
-        if run.step > 1 or cfg.resume:  # the first step pays for allocation / compilation
+        if run.step > untimed_through:  # the first step pays for allocation / compilation
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
             timed_steps += 1
+        if decide_compile and run.step > untimed_through:
+            eager_dts.append(dt)
+        if decide_compile and len(eager_dts) == 3:   # the fastest of 3: one slow step must not decide it
+            decide_compile = False
+            if maybe_compile(run, t_start, min(eager_dts)):   # the next step compiles: time from the one after
+                dt_ema, timed_steps, untimed_through = None, 0, run.step + 1
         # refit once after 5 timed steps, then every 10 steps while the lr is at its peak (WSD's
         # stable phase), since early step times are noisy
         refit = timed_steps == 5 or (timed_steps > 5 and run.step % 10 == 0

@@ -38,6 +38,7 @@ from chatforge.model.batching import collate
 from chatforge.model.checkpoint import load_checkpoint, save_checkpoint
 from chatforge.model.optim import OptimConfig, build_optimizer, lr_at
 from chatforge.tokenizer.tokenizer import load_conversations
+from chatforge.train.pretrain import compile_pays
 from chatforge.train.sft_data import SFTMix, build_sft_data
 
 
@@ -63,6 +64,9 @@ class SFTConfig:
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA and on CPUs with "
                                                          "native bf16) | float32 | bfloat16"})
     save_optimizer: bool = field(default=False, metadata={"help": "also save optim.pt"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile the model: --compile always, --no-compile never; unset = when the run is long "
+                "enough to pay for compiling (pretrain.compile_pays, decided after the first timed step)"})
 
 
 # ----------------------------------------------------------------------------- batching (pure)
@@ -159,15 +163,25 @@ def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_i
     batches: list[list[int]] = []
     history: list[dict[str, float]] = []
     val_loss = float("nan")
+    fwd = torch.compile(model) if cfg.compile else model  # the same weights either way
+    starts: list[float] = []   # step start times, for the auto --compile decision
     for step in range(total):
         if not batches:
             batches = batch_order(lengths, cfg.batch_size, rng)
         x, y = collate([rows[i] for i in batches.pop()], pad_id)
         elapsed = time.perf_counter() - t0
+        if step <= 4:
+            starts.append(elapsed)
+        if step == 4 and cfg.compile is None:  # auto: on the fastest of steps 1-3 (step 0 allocates)
+            left = (total - step) * min(b - a for a, b in zip(starts[1:4], starts[2:5]))
+            left = min(left, cfg.time_budget - elapsed) if cfg.time_budget > 0 else left
+            if compile_pays(None, device, left):
+                print0(f"sft: compiling the model: ~{left:.0f} s of eager training left pays for it")
+                fwd = torch.compile(model)
         progress = step if cfg.time_budget <= 0 else max(step, total * elapsed / cfg.time_budget)
         opt.set_lr(lr_at(progress, total, cfg.optim))
         with autocast_ctx(device, dtype):
-            loss = model(x.to(device), targets=y.to(device))
+            loss = fwd(x.to(device), targets=y.to(device))
         opt.zero_grad()
         loss.backward()
         if cfg.optim.grad_clip > 0:
