@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from chatforge.assistant.convo import (answer_matches, ask, chat, gsm8k_items, IDENTITY_QUESTIONS,
-                                       is_refusal, LETTER_STYLES, MATH_STYLES, parse_reply, sample_replies,
+                                       is_refusal, LETTER_STYLES, MATH_STYLES, parse_reply, sample_replies_many,
                                        system_prompt_for)
 from chatforge.assistant.tasks import math_correct
 from chatforge.assistant.tools import default_tools
@@ -143,11 +143,9 @@ def eval_multiple_choice(model, tokenizer, items: list[dict[str, Any]], device: 
 
 def eval_gsm8k(engine, tokenizer, items: list[tuple[str, str, str]], max_new_tokens: int = 256) -> dict[str, Any]:
     """Exact match of the final number of a greedy chat reply (tasks.math_correct; the engine runs the calculator)."""
-    k = 0
-    for q, _, gold in items:
-        reply = generate_reply(engine, tokenizer, {"messages": [{"role": "user", "content": q}]},
-                               max_new_tokens=max_new_tokens)
-        k += int(math_correct(reply, gold))
+    convs = [{"messages": [{"role": "user", "content": q}]} for q, _, _ in items]
+    replies = _replies(engine, tokenizer, convs, max_new_tokens)
+    k = sum(int(math_correct(reply, gold)) for (reply, _), (_, _, gold) in zip(replies, items))
     return proportion(k, len(items))
 
 
@@ -159,9 +157,10 @@ def generate_reply(engine, tokenizer, conv: dict, max_new_tokens: int = 64) -> s
 # ----------------------------------------------------------------------------- the experiments
 
 def _replies(engine, tokenizer, convs: list[dict], max_new_tokens: int) -> list[tuple[str, list[dict]]]:
-    """Greedy (text, parts) replies; parts include the tool calls and outputs."""
-    return [parse_reply(tokenizer, sample_replies(engine, tokenizer, tokenizer.render_for_completion(c), 1,
-                                                  max_new_tokens, 0.0)[0]) for c in convs]
+    """Greedy (text, parts) replies, all conversations in one batched engine call; parts include the
+    tool calls and outputs."""
+    prompts = [tokenizer.render_for_completion(c) for c in convs]
+    return [parse_reply(tokenizer, g[0]) for g in sample_replies_many(engine, tokenizer, prompts, 1, max_new_tokens)]
 
 
 def _judge(convs: list[dict], replies: list[tuple[str, list[dict]]], judge: Callable[[int, str], bool],
