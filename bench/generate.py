@@ -1,16 +1,26 @@
-"""Decode speed: our KV-cache Engine vs the no-cache twin vs transformers' generate(), same weights.
+"""Decode speed, two sections (--section decode|batched|all).
 
-    .venv/bin/python bench/generate.py [--depth 8] [--new 256] [--runs 3] [--device cpu]
+    .venv/bin/python bench/generate.py [--section decode] [--depth 8] [--new 256] [--runs 3] [--device cpu]
+    .venv/bin/python bench/generate.py --section batched [--run runs/speedrun] [--n-prompts 64]
 
-A random-init d<depth> Llama-flavour model is exported with hf.to_hf and loaded as LlamaForCausalLM,
-so all three decode the very same weights greedily from the same prompt. Reports the median of
---runs timings each (new tokens per second) and ratios against transformers measured in this run,
-plus how many greedy tokens agree (random weights give near-tied logits, so late divergence from
-fp32 reordering is possible and harmless).
+decode: our KV-cache Engine vs the no-cache twin vs transformers' generate(), same weights. A random-init
+d<depth> Llama-flavour model is exported with hf.to_hf and loaded as LlamaForCausalLM, so all three
+decode the very same weights greedily from the same prompt. Reports the median of --runs timings each
+(new tokens per second) and ratios against transformers measured in this run, plus how many greedy
+tokens agree (random weights give near-tied logits, so late divergence from fp32 reordering is
+possible and harmless).
+
+batched: evaluation throughput, Engine.generate_many (all prompts in one continuous batch) vs the
+sequential loop (Engine.generate_batch per prompt, what evaluation did before), greedy, identical
+outputs asserted. With --run: the run's SFT checkpoint with its toolbox on the run's held-out eval
+questions (the speedrun's evaluation workload: knowledge questions, math with the calculator, letter
+counting with python). Without: a random-init d4 model (vocab 4096, seq 256: the speedrun's shape) on
+random prompts of 20..80 tokens, every reply running to --max-new (no tools, no stops).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -23,9 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from chatforge.model.engine import Engine, naive_generate   # noqa: E402
-from chatforge.model.gpt import GPT, config_from_depth      # noqa: E402
-from chatforge.model.hf import to_hf                        # noqa: E402
+from chatforge.assistant.tools import default_tools                # noqa: E402
+from chatforge.model.checkpoint import load_checkpoint             # noqa: E402
+from chatforge.model.engine import Engine, naive_generate          # noqa: E402
+from chatforge.model.gpt import GPT, config_from_depth             # noqa: E402
+from chatforge.model.hf import to_hf                               # noqa: E402
+from chatforge.world.build import load_world                       # noqa: E402
 
 
 def timed(fns: dict, runs: int, naive_runs: int) -> dict[str, tuple[float, list[int]]]:
@@ -51,19 +64,7 @@ def agree(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=32768)
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--naive-runs", type=int, default=None, help="runs for the slow twin (default --runs)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def decode_section(args) -> None:
     import transformers
 
     torch.manual_seed(0)
@@ -104,6 +105,78 @@ def main() -> None:
     tok = {k: v[1] for k, v in res.items()}
     print(f"greedy agreement: engine==naive for {agree(tok['engine (KV cache)'], tok['naive twin (no cache)'])}/{N} "
           f"tokens, engine==transformers for {agree(tok['engine (KV cache)'], tok['transformers generate'])}/{N}")
+
+
+
+def eval_workload(args):
+    """(engine, prompts, stop tokens, max_new_tokens per prompt, description) of the batched section."""
+    if args.run:
+        rd = Path(args.run)
+        ck = load_checkpoint(rd / "sft", device=args.device)
+        tok = ck.tokenizer
+        ev = json.loads((rd / "sft_data" / "eval.json").read_text())
+        qs = [it["question"] for it in ev["known"] + ev["unknown"]]
+        qs += [p["question"] + " Use the calculator." for p in ev["problems"]]
+        qs += [t["question"] + (" Use python." if t["kind"] == "count_letter" else "") for t in ev["letters"]]
+        qs = qs[::max(1, len(qs) // args.n_prompts)][:args.n_prompts]    # an even spread of the kinds
+        prompts = [tok.render_for_completion({"messages": [{"role": "user", "content": q}]}) for q in qs]
+        engine = Engine(ck.model, tok, tools=default_tools(load_world(rd)))
+        return engine, prompts, None, f"{rd / 'sft'} with tools, {len(prompts)} eval questions"
+    torch.manual_seed(0)
+    model = GPT(config_from_depth(4, 4096, 256))
+    model.init_weights()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 4096, (int(n),), generator=g).tolist()
+               for n in torch.randint(20, 81, (args.n_prompts,), generator=g)]
+    return Engine(model.to(args.device).eval()), prompts, [], f"random-init d4 (no --run), {len(prompts)} random prompts"
+
+
+def batched_section(args) -> None:
+    engine, prompts, stops, what = eval_workload(args)
+    N = args.max_new
+    print(f"\nbatched evaluation: {what}, greedy, max {N} new tokens, torch threads {torch.get_num_threads()}, "
+          f"median of {args.runs}")
+
+    def sequential():
+        return [engine.generate_batch(p, max_new_tokens=N, temperature=0.0, stop_tokens=stops)[0][0] for p in prompts]
+
+    fns = {"sequential (generate_batch per prompt)": sequential}
+    for mb in args.max_batch:
+        fns[f"generate_many, max_batch {mb}"] = (lambda mb=mb: engine.generate_many(prompts, N, stop_tokens=stops,
+                                                                                     max_batch=mb))
+    res = timed(fns, args.runs, args.runs)
+    t_seq, ref = res["sequential (generate_batch per prompt)"]
+    n_tok = sum(map(len, ref))
+    called = sum(engine.ids["output_start"] in s for s in ref) if engine.ids["output_start"] is not None else 0
+    print(f"{n_tok} new tokens in all ({n_tok / len(prompts):.1f} per reply, {called} replies used a tool)")
+    for name, (t, out) in res.items():
+        assert out == ref, f"{name}: outputs differ from the sequential loop"
+        print(f"{name:<40} {t:7.2f} s  {n_tok / t:8.1f} tok/s  {t_seq / t:5.2f}x sequential")
+    print("outputs identical to the sequential loop: yes")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--section", default="all", choices=["decode", "batched", "all"])
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--naive-runs", type=int, default=None, help="runs for the slow twin (default --runs)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--run", default=None, help="batched: a speedrun run folder (sft/, sft_data/eval.json, world/)")
+    ap.add_argument("--n-prompts", type=int, default=64, help="batched: number of prompts")
+    ap.add_argument("--max-new", type=int, default=64, help="batched: max new tokens per reply")
+    ap.add_argument("--max-batch", type=int, nargs="+", default=[32], help="batched: rows in flight (several: compare)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.section in ("decode", "all"):
+        decode_section(args)
+    if args.section in ("batched", "all"):
+        batched_section(args)
 
 
 if __name__ == "__main__":
