@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +39,9 @@ from chatforge.model.checkpoint import load_checkpoint             # noqa: E402
 from chatforge.model.engine import Engine, naive_generate          # noqa: E402
 from chatforge.model.gpt import GPT, config_from_depth             # noqa: E402
 from chatforge.model.hf import to_hf                               # noqa: E402
+from chatforge.model.quant import KINDS, quantize_for_inference    # noqa: E402
+from chatforge.serve.export import write_gguf                      # noqa: E402
+from chatforge.tokenizer.tokenizer import train_tokenizer          # noqa: E402
 from chatforge.world.build import load_world                       # noqa: E402
 
 
@@ -155,9 +159,91 @@ def batched_section(args) -> None:
     print("outputs identical to the sequential loop: yes")
 
 
+def llama_cpp_models(model, d: Path) -> dict[str, Path]:
+    """The model exported as GGUF F16 (chatforge's exporter) and Q8_0 (llama.cpp's own quantizer)."""
+    import ctypes
+
+    import llama_cpp
+    tok = train_tokenizer(["a tiny text for the GGUF vocabulary, nothing more. " * 20], 300)
+    f16 = write_gguf(model, tok, d / "m-f16.gguf", dtype="f16")
+    q8 = d / "m-q8_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(q8).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError("llama.cpp could not quantize the model to Q8_0")
+    return {"llama.cpp F16": f16, "llama.cpp Q8_0": q8}
+
+
+def quant_section(args) -> None:
+    """Batch-1 greedy decode with reduced-precision weights vs llama.cpp F16/Q8_0 on the same model,
+    plus the accuracy cost: greedy agreement with fp32 and the max logit error (teacher-forced on the
+    fp32 greedy sequence) relative to the largest fp32 logit."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print("\nquant: llama-cpp-python is not installed (pip install --no-deps ../shared/wheels/llama_cpp_python-*.whl)"
+              " - comparing our weight kinds only")
+        llama_cpp = None
+    torch.manual_seed(0)
+    model = GPT(config_from_depth(args.depth, args.vocab, 512))
+    model.init_weights()
+    model.eval()
+    prompt = torch.randint(0, args.vocab, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    N = args.new
+    threads = torch.get_num_threads()
+    print(f"\nreduced-precision decode: d{args.depth} ({model.num_params() / 1e6:.1f}M params, vocab {args.vocab}), "
+          f"batch 1, prompt {args.prompt_len}, {N} greedy tokens, {threads} threads, median of {args.runs}")
+    models = {kind: quantize_for_inference(model, kind) for kind in args.weights}
+    fns = {}
+    for kind, m in models.items():
+        eng = Engine(m)
+        fns[f"chatforge {kind}"] = (lambda eng=eng: eng.generate_batch(prompt, max_new_tokens=N, temperature=0.0,
+                                                                        stop_tokens=[])[0][0])
+    tmp = tempfile.TemporaryDirectory()
+    llms = {}
+    if llama_cpp is not None:
+        for name, path in llama_cpp_models(model, Path(tmp.name)).items():
+            llms[name] = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_batch=512,
+                                         logits_all=True, verbose=False)
+
+            def run(llm=llms[name]):
+                llm.reset()
+                llm.eval(prompt)
+                out = []
+                for _ in range(N):
+                    out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                    llm.eval([out[-1]])
+                return out
+            fns[name] = run
+    for fn in fns.values():
+        fn()                                                  # warm-up
+    res = timed(fns, args.runs, args.runs)
+    ref_name = "llama.cpp F16" if "llama.cpp F16" in res else "chatforge fp32"
+    t_ref = res[ref_name][0]
+    seq = prompt + res["chatforge fp32"][1] if "chatforge fp32" in res else None
+    with torch.inference_mode():
+        ref_logits = model(torch.tensor([seq]))[0] if seq else None                        # (T, V)
+    scale = float(ref_logits.abs().max()) if seq else 1.0
+    print(f"{'':<18} {'s':>7} {'tok/s':>8}  {'vs ' + ref_name:>17}  greedy agree  max|dlogit|/max|logit|")
+    for name, (t, out) in res.items():
+        err = float("nan")
+        if seq:
+            if name.startswith("chatforge"):
+                with torch.inference_mode():
+                    logits = models[name.split()[1]](torch.tensor([seq]))[0]
+            else:
+                llms[name].reset()
+                llms[name].eval(seq)
+                logits = torch.from_numpy(np.array(llms[name].scores[:len(seq)]))
+            err = float((logits - ref_logits).abs().max()) / scale
+        agree_n = agree(out, res["chatforge fp32"][1]) if "chatforge fp32" in res else 0
+        print(f"{name:<18} {t:7.2f} {N / t:8.1f}  {t_ref / t:16.2f}x  {agree_n:>5}/{N:<6}  {err:.2e}")
+    tmp.cleanup()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", default="all", choices=["decode", "batched", "all"])
+    ap.add_argument("--section", default="all", choices=["decode", "batched", "quant", "all"])
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--prompt-len", type=int, default=16)
@@ -170,6 +256,7 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=64, help="batched: number of prompts")
     ap.add_argument("--max-new", type=int, default=64, help="batched: max new tokens per reply")
     ap.add_argument("--max-batch", type=int, nargs="+", default=[32], help="batched: rows in flight (several: compare)")
+    ap.add_argument("--weights", nargs="+", default=list(KINDS), help="quant: weight kinds to compare")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,6 +264,8 @@ def main() -> None:
         decode_section(args)
     if args.section in ("batched", "all"):
         batched_section(args)
+    if args.section in ("quant", "all"):
+        quant_section(args)
 
 
 if __name__ == "__main__":

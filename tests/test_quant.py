@@ -49,3 +49,19 @@ def test_quantized_model_decodes_through_both_engine_paths():
     assert eng.generate_many([PROMPT, PROMPT[:3]], 12, stop_tokens=[])[0] == one[0]
     with pytest.raises(CfError, match="expected one of"):
         quantize_for_inference(q, "int4")
+
+
+def test_chat_cli_decodes_with_int8_weights(tmp_path, monkeypatch, capsys):
+    import io
+
+    from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
+
+    from chatforge.chat import cli
+    from chatforge.checkpoint import save_checkpoint
+    tok = tiny_tokenizer(tiny_world())
+    ck = save_checkpoint(tmp_path / "sft", 0, tiny_model(tok, seq_len=64), tok, {})
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    cli(["--checkpoint", str(ck), "--weights", "int8", "--temperature", "0", "--max-new-tokens", "4", "--no-tools"])
+    assert capsys.readouterr().out.strip()              # a reply was written
+    with pytest.raises(SystemExit):
+        cli(["--checkpoint", str(ck), "--weights", "int4"])

@@ -43,6 +43,7 @@ from chatforge.common import (atomic_write_json, CfError, get_device, make_confi
                               read_jsonl, run_dir, wilson)
 from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint
 from chatforge.model.engine import Engine
+from chatforge.model.quant import KINDS, quantize_for_inference
 from chatforge.train.sft import sft, SFTConfig
 from chatforge.world.build import load_world
 
@@ -182,11 +183,12 @@ def _user(q: str, system: str | None = None) -> dict:
 
 
 def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", ablation: bool = True,
-                    max_new_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
+                    max_new_tokens: int | None = None, weights: str = "fp32") -> tuple[str, dict[str, Any]]:
     """The measured experiments on ``<run>/sft`` (and the ablation ``<run>/sft_ablation``, trained here
     from ``sft_data/train_ablation.jsonl`` with the main SFT's config when absent).
 
-    ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests). Returns (markdown section, metrics dict) and writes
+    ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests); ``weights``:
+    the models decode with quant.quantize_for_inference(model, weights). Returns (markdown section, metrics dict) and writes
     ``<run>/sft/experiments.json``.
     """
     t0 = time.perf_counter()
@@ -198,7 +200,7 @@ def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", abl
     tools = default_tools(world)
     main = load_checkpoint(rd / "sft", device=device)
     tok = main.tokenizer
-    engines = {"with": Engine(main.model, tok, tools=tools)}
+    engines = {"with": Engine(quantize_for_inference(main.model, weights), tok, tools=tools)}
     abl_seconds = 0.0
     if ablation:
         abl_dir = rd / "sft_ablation"
@@ -210,7 +212,8 @@ def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", abl
             t1 = time.perf_counter()
             sft(cfg)
             abl_seconds = time.perf_counter() - t1
-        engines["without"] = Engine(load_checkpoint(abl_dir, device=device).model, tok, tools=tools)
+        engines["without"] = Engine(quantize_for_inference(load_checkpoint(abl_dir, device=device).model, weights),
+                                    tok, tools=tools)
 
     m: dict[str, Any] = {"n_cap": n, "examples": {}}
     rows: list[list[str]] = []
@@ -338,6 +341,8 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--data-dir", default="", help="folder holding gsm8k/, arc/, mmlu/, hellaswag/ "
                    "(default: $CHATFORGE_DATA, else ../shared/data beside the checkout)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--weights", default="fp32", choices=list(KINDS),
+                   help="inference weights: fp32 | bf16 | fp16 | int8 (weight-only, CPU)")
     args = p.parse_args(argv)
     if not args.experiments and not args.eval_set:
         raise CfError("chatforge eval: nothing to do; pass --experiments and/or --eval-set NAME[:N]")
@@ -348,7 +353,7 @@ def cli(argv: list[str]) -> None:
     rd = run_dir(args.run)
     device = get_device(args.device)
     if args.experiments:
-        run_experiments(rd, n_eval=args.n, device=device, ablation=not args.no_ablation)
+        run_experiments(rd, n_eval=args.n, device=device, ablation=not args.no_ablation, weights=args.weights)
     if args.eval_set:
         ck = load_checkpoint(args.checkpoint or rd / args.stage, device=device)
         tools = None
@@ -356,6 +361,6 @@ def cli(argv: list[str]) -> None:
             tools = default_tools(load_world(rd))
         except CfError:
             tools = default_tools(None)
-        md, _ = eval_benchmarks(ck.model, ck.tokenizer, args.eval_set, Path(args.data_dir) if args.data_dir else None, device,
+        md, _ = eval_benchmarks(quantize_for_inference(ck.model, args.weights), ck.tokenizer, args.eval_set, Path(args.data_dir) if args.data_dir else None, device,
                                  tools)
         print0(md)
