@@ -13,10 +13,17 @@ Kinds (``--weights``)::
     fp16   matmul accumulates in fp32 (PyTorch's CPU half kernels accumulate in float), the output is
            returned as fp32, so norms, softmax, RoPE and the KV cache stay fp32
     int8   weight-only int8: per output channel (row) symmetric scale s = max|w_row| / 127,
-           w ~ s * round(w / s); the activation stays in floating point and the product is
-           ``torch._weight_int8pack_mm(x, w_int8, s)`` (int8 weights upcast inside the kernel,
-           float accumulation) - the scheme of LLM.int8()'s weight path and of llama.cpp's Q8_0 without
-           its 32-wide blocks (Dettmers et al. 2022, arXiv:2208.07339)
+           w ~ s * round(w / s); the activation stays fp32 and the product is
+           ``torch._weight_int8pack_mm(x, w_int8, s)`` (int8 weights upcast inside the kernel, float
+           accumulation): the weight path of LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339) and
+           of llama.cpp's Q8_0 without its 32-wide blocks (Q8_0 also rounds the activations)
+
+Speed depends on the CPU's kernels, not on the bytes alone. Measured on the 2-core AVX2 EPYC
+(dev/LOG.md): none of the three is faster than fp32 at batch 1 there - PyTorch's half GEMV is no
+faster than its fp32 one and ``_weight_int8pack_mm`` has no AVX2 fast path (fbgemm's dynamic int8
+``quantized.linear_dynamic`` was 2.5x slower than fp32 for the whole d8 model and rounds the
+activations to 7 bits, 6% max logit error, so it is not used). The option pays where the kernels
+exist (bf16/fp16 on GPUs, int8 on AVX-512/AMX CPUs) and always saves memory.
 
 The token embedding stays fp32 (a lookup reads one row, not the matrix); a tied lm_head gets its own
 reduced copy. The slow twin of each kind is ``dequantized(...)``: the same rounded weights back in
