@@ -2,8 +2,12 @@
 import pytest
 import torch
 import torch.nn as nn
+from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
 
+from chatforge.assistant.convo import letter_conversation, math_conversation
+from chatforge.assistant.tools import ToolBox
 from chatforge.common import CfError
+from chatforge.model.batching import collate
 from chatforge.model.engine import Engine, few_shot_prefix, naive_generate, sample_next
 from chatforge.model.gpt import GPT, GPTConfig
 
@@ -265,23 +269,13 @@ def test_generate_many_context_limit_and_truncation():
 def _tool_model_and_prompts():
     """A tiny model trained (overfit, ~1 s) on tool-using replies of a tiny world, its toolbox and the
     prompts of those conversations plus some held-out ones."""
-    from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
-
-    from chatforge.assistant.convo import letter_conversation, math_conversation
-    from chatforge.assistant.tools import ToolBox
     world = tiny_world()
     tok = tiny_tokenizer(world)
     tools = ToolBox(enabled=("calculator", "python"))
     counts = [t for t in world.letters if t["kind"] == "count_letter"]
     convs = [math_conversation(p, "tool", tools) for p in world.problems[:6]]
     convs += [letter_conversation(t, "tool", tools) for t in counts[:4]]
-    rows = [tok.render_conversation(c) for c in convs]
-    T = max(len(ids) for ids, _ in rows)
-    x = torch.zeros(len(rows), T, dtype=torch.long)
-    y = torch.full((len(rows), T), -1)
-    for i, (ids, mask) in enumerate(rows):
-        x[i, :len(ids)] = torch.tensor(ids)
-        y[i, :len(ids) - 1] = torch.tensor([t if mm else -1 for t, mm in zip(ids[1:], mask[1:])])
+    x, y = collate([tok.render_conversation(c) for c in convs], pad_id=0)
     model = tiny_model(tok, seq_len=256).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(80):

@@ -1,12 +1,17 @@
 """Reduced-precision inference weights: fp32 untouched, each kind within its stated logit tolerance,
 the fast kernels equal to their slow twins (the rounded weights back in fp32 through nn.Linear)."""
+import io
+
 import pytest
 import torch
+from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
 from test_engine import PROMPT, tiny
 
 from chatforge.common import CfError
+from chatforge.model.checkpoint import save_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.model.quant import LowPrecisionLinear, dequantized, int8_rows, quantize_for_inference
+from chatforge.serve.chat import cli as chat_cli
 
 # max |logit - fp32 logit| / max |fp32 logit| on the tiny models below (sharp 0.2-std weights)
 TOLERANCE = {"bf16": 0.03, "fp16": 0.005, "int8": 0.04}
@@ -52,16 +57,10 @@ def test_quantized_model_decodes_through_both_engine_paths():
 
 
 def test_chat_cli_decodes_with_int8_weights(tmp_path, monkeypatch, capsys):
-    import io
-
-    from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
-
-    from chatforge.chat import cli
-    from chatforge.checkpoint import save_checkpoint
     tok = tiny_tokenizer(tiny_world())
     ck = save_checkpoint(tmp_path / "sft", 0, tiny_model(tok, seq_len=64), tok, {})
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
-    cli(["--checkpoint", str(ck), "--weights", "int8", "--temperature", "0", "--max-new-tokens", "4", "--no-tools"])
+    chat_cli(["--checkpoint", str(ck), "--weights", "int8", "--temperature", "0", "--max-new-tokens", "4", "--no-tools"])
     assert capsys.readouterr().out.strip()              # a reply was written
     with pytest.raises(SystemExit):
-        cli(["--checkpoint", str(ck), "--weights", "int4"])
+        chat_cli(["--checkpoint", str(ck), "--weights", "int4"])

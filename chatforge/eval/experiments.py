@@ -361,6 +361,6 @@ def cli(argv: list[str]) -> None:
             tools = default_tools(load_world(rd))
         except CfError:
             tools = default_tools(None)
-        md, _ = eval_benchmarks(quantize_for_inference(ck.model, args.weights), ck.tokenizer, args.eval_set, Path(args.data_dir) if args.data_dir else None, device,
-                                 tools)
+        md, _ = eval_benchmarks(quantize_for_inference(ck.model, args.weights), ck.tokenizer, args.eval_set,
+                                Path(args.data_dir) if args.data_dir else None, device, tools)
         print0(md)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from chatforge.common import autocast_ctx, CfError, get_device, make_parser, read_jsonl, seed_all
+from chatforge.model.batching import pad_right
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.gpt import apply_rope, GPT, KVCache
 from chatforge.tokenizer.tokenizer import StreamDecoder
@@ -293,9 +294,7 @@ class Engine:
         num_samples fresh slots after the active rows, append their _Rows; returns their logits (R, V)."""
         lens = torch.tensor([len(prompts[i]) for i in batch])
         T = int(lens.max())
-        idx = torch.zeros(len(batch), T, dtype=torch.long)                       # (b, T), pad id 0
-        for j, i in enumerate(batch):
-            idx[j, :len(prompts[i])] = torch.tensor(prompts[i])
+        idx = pad_right([prompts[i] for i in batch], 0)                          # (b, T), pad id 0
         cache = KVCache.for_model(self.model, len(batch), max_len=T, dtype=self.cache_dtype)
         h = self.model.forward_hidden(idx.to(self.device), kv_cache=cache)        # (b, T, C)
         last = h[torch.arange(len(batch)), (lens - 1).to(self.device)]           # (b, C) at each prompt's end

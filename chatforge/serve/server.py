@@ -765,7 +765,8 @@ class ServeConfig:
     max_batch: int = field(default=16, metadata={"help": "rows decoded together per model (continuous batching)"})
     tools: bool = field(default=True, metadata={"help": "run the model's tool calls in chat (calculator, python, "
                                                         "search over the run's world)"})
-    weights: str = field(default="fp32", metadata={"help": "inference weights: fp32 | bf16 | fp16 | int8 (weight-only, CPU)", "choices": list(KINDS)})
+    weights: str = field(default="fp32", metadata={"help": "inference weights: fp32 | bf16 | fp16 | int8 (weight-only)",
+                                                   "choices": list(KINDS)})
 
 
 def find_models(run: str | Path | None, specs: list[str]) -> dict[str, Path]:
