@@ -132,7 +132,8 @@ def eval_workload(args):
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 4096, (int(n),), generator=g).tolist()
                for n in torch.randint(20, 81, (args.n_prompts,), generator=g)]
-    return Engine(model.to(args.device).eval()), prompts, [], f"random-init d4 (no --run), {len(prompts)} random prompts"
+    what = f"random-init d4 (no --run), {len(prompts)} random prompts"
+    return Engine(model.to(args.device).eval()), prompts, [], what
 
 
 def batched_section(args) -> None:
@@ -181,8 +182,8 @@ def quant_section(args) -> None:
     try:
         import llama_cpp
     except ImportError:
-        print("\nquant: llama-cpp-python is not installed (pip install --no-deps ../shared/wheels/llama_cpp_python-*.whl)"
-              " - comparing our weight kinds only")
+        print("\nquant: llama-cpp-python is not installed (pip install --no-deps "
+              "../shared/wheels/llama_cpp_python-*.whl) - comparing our weight kinds only")
         llama_cpp = None
     torch.manual_seed(0)
     model = GPT(config_from_depth(args.depth, args.vocab, 512))

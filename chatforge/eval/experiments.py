@@ -188,7 +188,8 @@ def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", abl
     from ``sft_data/train_ablation.jsonl`` with the main SFT's config when absent).
 
     ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests); ``weights``:
-    the models decode with quant.quantize_for_inference(model, weights). Returns (markdown section, metrics dict) and writes
+    the models decode with quant.quantize_for_inference(model, weights). Returns (markdown section,
+    metrics dict) and writes
     ``<run>/sft/experiments.json``.
     """
     t0 = time.perf_counter()
