@@ -17,13 +17,13 @@ Finished samples yield token -1 with mask 0 until the batch ends (generate_batch
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from chatforge.common import autocast_ctx, CfError, get_device, make_parser, read_jsonl, seed_all
 from chatforge.model.batching import pad_right
@@ -31,8 +31,10 @@ from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.gpt import apply_rope, GPT, KVCache
 from chatforge.tokenizer.tokenizer import StreamDecoder
 
-# rows in flight in generate_many (chosen by measurement in bench/generate.py, see dev/LOG.md)
+# generate_many: rows in flight, and prompts per prefill forward (length-sorted, so one chunk pads
+# little); both chosen by measurement (bench/generate.py, dev/LOG.md)
 DEFAULT_MAX_BATCH = 32
+PREFILL_CHUNK = 8
 
 
 # ----------------------------------------------------------------------------- sampling (pure)
@@ -237,7 +239,8 @@ class Engine:
         """(completions, masks) of many different prompts decoded together (continuous batching).
 
         Up to ``max_batch`` rows (samples) are in flight; a finished row's slot is refilled from the
-        queue of prompts (shortest first, so prompts prefilled together are of similar length). Each
+        queue of prompts (shortest first, prefilled PREFILL_CHUNK at a time, so prompts padded together are
+        of similar length). Each
         prompt has its own generator (seed + i) and samples all of its rows in one ``sample_next`` call,
         finished rows included (placeholder logits: a row's draw does not depend on the other rows'
         values), which reproduces ``generate``'s random stream. Prefill: the admitted prompts right-
@@ -272,9 +275,9 @@ class Engine:
         logits = torch.empty(0, c.vocab_size, device=self.device)
         while True:
             n_new = min(len(waiting), (S - len(rows)) // num_samples)
-            if n_new:
-                batch = [waiting.popleft() for _ in range(n_new)]
-                new_logits = self._prefill_rows(batch, prompts, num_samples, seed, rows, k, v)
+            batch = [waiting.popleft() for _ in range(n_new)]
+            for j in range(0, n_new, PREFILL_CHUNK):
+                new_logits = self._prefill_rows(batch[j:j + PREFILL_CHUNK], prompts, num_samples, seed, rows, k, v)
                 logits = torch.cat([logits, new_logits])
             if not rows:
                 return
@@ -371,6 +374,19 @@ class _Row:
     st: SampleState = field(default_factory=SampleState)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row: q (B, H, 1, d), k/v (B, Hkv, L, d), mask (B, 1, 1, L) bool
+    (True = may attend) -> (B, H, 1, d). Written out as two batched matmuls: with a per-row mask,
+    CPU SDPA ran 2.6x slower than this at B=32 (dev/LOG.md). GQA without copying the keys: the
+    H / Hkv query heads that share a kv head become G query rows of that head (as repeat_kv)."""
+    B, H, _, d = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    qg = q.reshape(B, Hkv, H // Hkv, d)                                      # (B, Hkv, G, d)
+    att = (qg @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))                  # (B, Hkv, G, L)
+    att = att.masked_fill(~mask.view(B, 1, 1, L), float("-inf")).softmax(dim=-1)
+    return (att @ v).reshape(B, H, 1, d)
+
+
 def decode_step(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, k_cache: list[torch.Tensor],
                 v_cache: list[torch.Tensor]) -> torch.Tensor:
     """One batched decode step with a different position per row.
@@ -404,8 +420,7 @@ def decode_step(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, k_cache: li
         k_cache[layer][rows, :, pos] = k[:, :, 0].to(k_cache[layer].dtype)  # scatter at per-row positions
         v_cache[layer][rows, :, pos] = v[:, :, 0].to(v_cache[layer].dtype)
         K, V = k_cache[layer][:B, :, :L], v_cache[layer][:B, :, :L]          # (B, Hkv, L, d) views
-        y = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask,
-                                           enable_gqa=a.n_kv_head != a.n_head)
+        y = decode_attention(q, K.to(q.dtype), V.to(q.dtype), mask)          # (B, H, 1, d)
         x = x + a.c_proj(y.transpose(1, 2).reshape(B, 1, cfg.n_embd))
         x = x + block.mlp(block.norm_2(x))
     x = model.norm_f(x)
