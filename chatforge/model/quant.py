@@ -18,12 +18,12 @@ Kinds (``--weights``)::
            accumulation): the weight path of LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339) and
            of llama.cpp's Q8_0 without its 32-wide blocks (Q8_0 also rounds the activations)
 
-Speed depends on the CPU's kernels, not on the bytes alone. Measured on the 2-core AVX2 EPYC
-(dev/LOG.md): none of the three is faster than fp32 at batch 1 there - PyTorch's half GEMV is no
-faster than its fp32 one and ``_weight_int8pack_mm`` has no AVX2 fast path (fbgemm's dynamic int8
-``quantized.linear_dynamic`` was 2.5x slower than fp32 for the whole d8 model and rounds the
-activations to 7 bits, 6% max logit error, so it is not used). The option pays where the kernels
-exist (bf16/fp16 on GPUs, int8 on AVX-512/AMX CPUs) and always saves memory.
+Speed depends on the CPU's kernels, not on the bytes alone. Measured at batch 1 on the d8 shape on
+the 2-core AVX2 EPYC (bench/generate.py --section quant, dev/LOG.md): bf16 1.8x and fp16 1.9x the
+fp32 decode rate, int8 0.4x - ``_weight_int8pack_mm`` has no AVX2 fast path (fbgemm's dynamic int8
+``quantized.linear_dynamic`` was also slower than fp32 for the whole model, and it rounds the
+activations to 7 bits: 6% max logit error, so it is not used). int8 may pay where the kernel
+has a fast path (AVX-512/AMX CPUs; not measured here) and always saves memory.
 
 The token embedding stays fp32 (a lookup reads one row, not the matrix); a tied lm_head gets its own
 reduced copy. The slow twin of each kind is ``dequantized(...)``: the same rounded weights back in
