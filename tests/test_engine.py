@@ -2,8 +2,12 @@
 import pytest
 import torch
 import torch.nn as nn
+from assistant_helpers import tiny_model, tiny_tokenizer, tiny_world
 
+from chatforge.assistant.convo import letter_conversation, math_conversation
+from chatforge.assistant.tools import ToolBox
 from chatforge.common import CfError
+from chatforge.model.batching import collate
 from chatforge.model.engine import Engine, few_shot_prefix, naive_generate, sample_next
 from chatforge.model.gpt import GPT, GPTConfig
 
@@ -209,3 +213,92 @@ def test_continuing_a_cache_equals_fresh_generation():
     (b,), _ = eng.generate_batch(turn2, max_new_tokens=6, temperature=0.0, stop_tokens=[], kv_cache=cache)
     (fresh,), _ = eng.generate_batch(turn2, max_new_tokens=6, temperature=0.0, stop_tokens=[])
     assert b == fresh and cache.pos == len(turn2) + 5
+
+
+# ----------------------------------------------------------------------------- generate_many (batched)
+
+def _random_prompts(n: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (int(t),), generator=g).tolist() for t in torch.randint(1, 30, (n,), generator=g)]
+
+
+def _one_at_a_time(eng, prompts, num_samples, seed=0, **kw):
+    """The reference: Engine.generate_batch on each prompt alone, prompt i with seed + i."""
+    out = []
+    for i, p in enumerate(prompts):
+        out += eng.generate_batch(p, num_samples=num_samples, seed=seed + i, **kw)[0]
+    return out
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_generate_many_matches_one_at_a_time(flavour):
+    eng = Engine(tiny(flavour), ByteTokenizer())
+    prompts = _random_prompts(9)
+    free = _one_at_a_time(eng, prompts, 1, max_new_tokens=16, temperature=0.0, stop_tokens=[])
+    stops = [free[0][2], free[1][7], free[2][11]]          # tokens the greedy paths reach at different steps
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_k=50, top_p=0.95)):
+        if kw["temperature"]:
+            stops += list(range(0, 300, 9))                 # random paths: enough stops to end at varied steps
+        for n in (1, 3):
+            ref = _one_at_a_time(eng, prompts, n, seed=3, max_new_tokens=16, stop_tokens=stops, **kw)
+            assert len({len(s) for s in ref}) > 2          # stops fired at different steps: rows retire and refill
+            for max_batch in (n, 4, 32):                    # one prompt at a time ... all in flight
+                seqs, masks = eng.generate_many_masked(prompts, 16, seed=3, num_samples=n, stop_tokens=stops,
+                                                       max_batch=max_batch, **kw)
+                assert seqs == ref and masks == [[1] * len(s) for s in ref]
+    assert eng.generate_many([], 4) == []
+    with pytest.raises(CfError, match="outside the vocabulary"):
+        eng.generate_many([[1, 2], [300]], 4)
+
+
+def test_generate_many_context_limit_and_truncation():
+    m = tiny("llama")
+    eng = Engine(m)
+    prompts = [[7] * 60, [3] * 10]
+    seqs = eng.generate_many(prompts, 10, stop_tokens=[])
+    assert [len(s) for s in seqs] == [5, 10]           # the 60-token prompt stops when the context is full
+    assert seqs == _one_at_a_time(eng, prompts, 1, max_new_tokens=10, temperature=0.0, stop_tokens=[])
+    prompts.append(list(range(100)))
+    with pytest.raises(CfError, match="exceed the model context"):
+        eng.generate_many(prompts, 10)
+    seqs = eng.generate_many(prompts, 10, stop_tokens=[], truncate="left")
+    assert seqs == _one_at_a_time(eng, prompts, 1, max_new_tokens=10, temperature=0.0, stop_tokens=[],
+                                  truncate="left")
+
+
+def _tool_model_and_prompts():
+    """A tiny model trained (overfit, ~1 s) on tool-using replies of a tiny world, its toolbox and the
+    prompts of those conversations plus some held-out ones."""
+    world = tiny_world()
+    tok = tiny_tokenizer(world)
+    tools = ToolBox(enabled=("calculator", "python"))
+    counts = [t for t in world.letters if t["kind"] == "count_letter"]
+    convs = [math_conversation(p, "tool", tools) for p in world.problems[:6]]
+    convs += [letter_conversation(t, "tool", tools) for t in counts[:4]]
+    x, y = collate([tok.render_conversation(c) for c in convs], pad_id=0)
+    model = tiny_model(tok, seq_len=256).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        opt.zero_grad()
+        model(x, targets=y).backward()
+        opt.step()
+    held_out = [math_conversation(p, "tool") for p in world.problems[6:10]]
+    prompts = [tok.render_for_completion(c) for c in convs + held_out]
+    return model.eval(), tok, tools, prompts
+
+
+def test_generate_many_with_tools_matches_one_at_a_time():
+    model, tok, tools, prompts = _tool_model_and_prompts()
+    eng = Engine(model, tok, tools=tools)
+    ref_seqs, ref_masks = [], []
+    for p in prompts:
+        s, m = eng.generate_batch(p, max_new_tokens=40, temperature=0.0)
+        ref_seqs += s
+        ref_masks += m
+    out_start = tok.special("<|output_start|>")
+    called = [s for s in ref_seqs if out_start in s]
+    assert len(called) >= 8                                  # the trained model really calls its tools ...
+    assert all(0 in m for s, m in zip(ref_seqs, ref_masks) if out_start in s)   # ... and outputs are forced
+    for max_batch in (3, 32):
+        seqs, masks = eng.generate_many_masked(prompts, 40, max_batch=max_batch)
+        assert seqs == ref_seqs and masks == ref_masks

@@ -113,9 +113,9 @@ class AnswerEngine:
     def __init__(self, tok, reply):
         self.tok, self.reply = tok, reply
 
-    def generate_batch(self, prompt, num_samples=1, **kw):
+    def generate_many(self, prompts, max_new_tokens, temperature=0.0, num_samples=1, **kw):
         ids = self.tok.encode(self.reply) + [self.tok.special("<|assistant_end|>")]
-        return [ids] * num_samples, [[1] * len(ids)] * num_samples
+        return [ids] * (len(prompts) * num_samples)
 
 
 def test_gsm8k_exact_match(tm):

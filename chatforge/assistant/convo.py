@@ -468,16 +468,28 @@ def parse_reply(tokenizer, ids: Sequence[int]) -> tuple[str, list[dict[str, str]
 def sample_replies(engine, tokenizer, prompt: list[int], n: int = 1, max_new_tokens: int = 64,
                    temperature: float = 0.0, seed: int = 0, top_k: int | None = None,
                    stop_at_end: bool = True) -> list[list[int]]:
-    """``n`` generated continuations of ``prompt`` (the new tokens only) from ``engine.generate_batch``."""
+    """``n`` generated continuations of ``prompt`` (the new tokens only)."""
+    return sample_replies_many(engine, tokenizer, [prompt], n, max_new_tokens, temperature, seed, top_k,
+                               stop_at_end)[0]
+
+
+def sample_replies_many(engine, tokenizer, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 64,
+                        temperature: float = 0.0, seed: int = 0, top_k: int | None = None,
+                        stop_at_end: bool = True) -> list[list[list[int]]]:
+    """``n`` continuations of each prompt (prompt i seeded ``seed + i``) in one batched
+    ``engine.generate_many`` call: a list of n new-token lists per prompt."""
     stops = [tokenizer.special("<|assistant_end|>"), tokenizer.bos_id] if stop_at_end else None
-    seqs, _ = engine.generate_batch(prompt, num_samples=n, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_k=top_k, seed=seed, stop_tokens=stops)
+    seqs = engine.generate_many(prompts, max_new_tokens, temperature, top_k=top_k, seed=seed, num_samples=n,
+                                stop_tokens=stops)
     out = []
-    for s in seqs:
-        s = list(s)
-        if len(s) >= len(prompt) and s[:len(prompt)] == list(prompt):
-            s = s[len(prompt):]  # tolerate an engine that returns prompt + continuation
-        out.append(s)
+    for i, prompt in enumerate(prompts):
+        group = []
+        for s in seqs[i * n:(i + 1) * n]:
+            s = list(s)
+            if len(s) >= len(prompt) and s[:len(prompt)] == list(prompt):
+                s = s[len(prompt):]  # tolerate an engine that returns prompt + continuation
+            group.append(s)
+        out.append(group)
     return out
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from chatforge.assistant.convo import (answer_matches, ask, chat, gsm8k_items, IDENTITY_QUESTIONS,
-                                       is_refusal, LETTER_STYLES, MATH_STYLES, parse_reply, sample_replies,
+                                       is_refusal, LETTER_STYLES, MATH_STYLES, parse_reply, sample_replies_many,
                                        system_prompt_for)
 from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tasks import math_correct
@@ -44,6 +44,7 @@ from chatforge.common import (atomic_write_json, CfError, get_device, make_confi
                               read_jsonl, run_dir, wilson)
 from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint
 from chatforge.model.engine import Engine
+from chatforge.model.quant import KINDS, quantize_for_inference
 from chatforge.train.sft import sft, SFTConfig
 from chatforge.world.build import load_world
 
@@ -144,11 +145,9 @@ def eval_multiple_choice(model, tokenizer, items: list[dict[str, Any]], device: 
 
 def eval_gsm8k(engine, tokenizer, items: list[tuple[str, str, str]], max_new_tokens: int = 256) -> dict[str, Any]:
     """Exact match of the final number of a greedy chat reply (tasks.math_correct; the engine runs the calculator)."""
-    k = 0
-    for q, _, gold in items:
-        reply = generate_reply(engine, tokenizer, {"messages": [{"role": "user", "content": q}]},
-                               max_new_tokens=max_new_tokens)
-        k += int(math_correct(reply, gold))
+    convs = [{"messages": [{"role": "user", "content": q}]} for q, _, _ in items]
+    replies = _replies(engine, tokenizer, convs, max_new_tokens)
+    k = sum(int(math_correct(reply, gold)) for (reply, _), (_, _, gold) in zip(replies, items))
     return proportion(k, len(items))
 
 
@@ -160,9 +159,10 @@ def generate_reply(engine, tokenizer, conv: dict, max_new_tokens: int = 64) -> s
 # ----------------------------------------------------------------------------- the experiments
 
 def _replies(engine, tokenizer, convs: list[dict], max_new_tokens: int) -> list[tuple[str, list[dict]]]:
-    """Greedy (text, parts) replies; parts include the tool calls and outputs."""
-    return [parse_reply(tokenizer, sample_replies(engine, tokenizer, tokenizer.render_for_completion(c), 1,
-                                                  max_new_tokens, 0.0)[0]) for c in convs]
+    """Greedy (text, parts) replies, all conversations in one batched engine call; parts include the
+    tool calls and outputs."""
+    prompts = [tokenizer.render_for_completion(c) for c in convs]
+    return [parse_reply(tokenizer, g[0]) for g in sample_replies_many(engine, tokenizer, prompts, 1, max_new_tokens)]
 
 
 def _judge(convs: list[dict], replies: list[tuple[str, list[dict]]], judge: Callable[[int, str], bool],
@@ -184,11 +184,13 @@ def _user(q: str, system: str | None = None) -> dict:
 
 
 def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", ablation: bool = True,
-                    max_new_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
+                    max_new_tokens: int | None = None, weights: str = "fp32") -> tuple[str, dict[str, Any]]:
     """The measured experiments on ``<run>/sft`` (and the ablation ``<run>/sft_ablation``, trained here
     from ``sft_data/train_ablation.jsonl`` with the main SFT's config when absent).
 
-    ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests). Returns (markdown section, metrics dict) and writes
+    ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests); ``weights``:
+    the models decode with quant.quantize_for_inference(model, weights). Returns (markdown section,
+    metrics dict) and writes
     ``<run>/sft/experiments.json``.
     """
     t0 = time.perf_counter()
@@ -200,7 +202,7 @@ def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", abl
     tools = default_tools(world)
     main = load_checkpoint(rd / "sft", device=device)
     tok = main.tokenizer
-    engines = {"with": Engine(main.model, tok, tools=tools)}
+    engines = {"with": Engine(quantize_for_inference(main.model, weights), tok, tools=tools)}
     abl_seconds = 0.0
     if ablation:
         abl_dir = rd / "sft_ablation"
@@ -212,7 +214,8 @@ def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", abl
             t1 = time.perf_counter()
             sft(cfg)
             abl_seconds = time.perf_counter() - t1
-        engines["without"] = Engine(load_checkpoint(abl_dir, device=device).model, tok, tools=tools)
+        engines["without"] = Engine(quantize_for_inference(load_checkpoint(abl_dir, device=device).model, weights),
+                                    tok, tools=tools)
 
     m: dict[str, Any] = {"n_cap": n, "examples": {}}
     rows: list[list[str]] = []
@@ -341,6 +344,8 @@ def cli(argv: list[str]) -> None:
                    "(default: $CHATFORGE_DATA, else ../shared/data beside the checkout)")
     p.add_argument("--device", default="auto")
     add_unsafe_python_arg(p)
+    p.add_argument("--weights", default="fp32", choices=list(KINDS),
+                   help="inference weights: fp32 | bf16 | fp16 | int8 (weight-only, CPU)")
     args = p.parse_args(argv)
     apply_unsafe_python_arg(args)
     if not args.experiments and not args.eval_set:
@@ -352,7 +357,7 @@ def cli(argv: list[str]) -> None:
     rd = run_dir(args.run)
     device = get_device(args.device)
     if args.experiments:
-        run_experiments(rd, n_eval=args.n, device=device, ablation=not args.no_ablation)
+        run_experiments(rd, n_eval=args.n, device=device, ablation=not args.no_ablation, weights=args.weights)
     if args.eval_set:
         ck = load_checkpoint(args.checkpoint or rd / args.stage, device=device)
         tools = None
@@ -360,6 +365,6 @@ def cli(argv: list[str]) -> None:
             tools = default_tools(load_world(rd))
         except CfError:
             tools = default_tools(None)
-        md, _ = eval_benchmarks(ck.model, ck.tokenizer, args.eval_set, Path(args.data_dir) if args.data_dir else None, device,
-                                 tools)
+        md, _ = eval_benchmarks(quantize_for_inference(ck.model, args.weights), ck.tokenizer, args.eval_set,
+                                Path(args.data_dir) if args.data_dir else None, device, tools)
         print0(md)

@@ -17,6 +17,7 @@ Finished samples yield token -1 with mask 0 until the batch ends (generate_batch
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,15 @@ from typing import Any, Callable, Iterator
 import torch
 
 from chatforge.common import autocast_ctx, CfError, get_device, make_parser, read_jsonl, seed_all
+from chatforge.model.batching import pad_right
 from chatforge.model.checkpoint import load_checkpoint
-from chatforge.model.gpt import GPT, KVCache
+from chatforge.model.gpt import apply_rope, GPT, KVCache
 from chatforge.tokenizer.tokenizer import StreamDecoder
 
-
-
+# generate_many: rows in flight, and prompts per prefill forward (length-sorted, so one chunk pads
+# little); both chosen by measurement (bench/generate.py, dev/LOG.md)
+DEFAULT_MAX_BATCH = 32
+PREFILL_CHUNK = 8
 
 
 # ----------------------------------------------------------------------------- sampling (pure)
@@ -166,17 +170,7 @@ class Engine:
             sampled = sample_next(logits, temperature, top_k, top_p, gen).tolist()
             tokens, masks = [], []
             for st, tok in zip(states, sampled):
-                if st.done:
-                    tokens.append(-1)
-                    masks.append(0)
-                    continue
-                if st.forced:
-                    tok, mask = st.forced.popleft(), 0
-                else:
-                    mask = 1
-                    if tok in stops:
-                        st.done = True
-                self._watch_tools(st, tok)
+                tok, mask = self._take(st, tok, stops) if not st.done else (-1, 0)
                 tokens.append(tok)
                 masks.append(mask)
             yield tokens, masks
@@ -184,6 +178,18 @@ class Engine:
                 return
             feed = [t if t >= 0 else 0 for t in tokens]            # finished rows: any valid id
             logits = self._forward(torch.tensor(feed, device=self.device).view(-1, 1), cache)
+
+    def _take(self, st: SampleState, tok: int, stops: set[int]) -> tuple[int, int]:
+        """One step of one live sample: (token, mask). A queued forced token (tool output) replaces the
+        sampled one (mask 0); a sampled stop token finishes the sample; the tool watcher sees either."""
+        if st.forced:
+            tok, mask = st.forced.popleft(), 0
+        else:
+            mask = 1
+            if tok in stops:
+                st.done = True
+        self._watch_tools(st, tok)
+        return tok, mask
 
     def _watch_tools(self, st: SampleState, tok: int) -> None:
         """The tool state machine of one sample: collect the call, run it, queue the output tokens."""
@@ -213,6 +219,212 @@ class Engine:
                     seqs[i].append(t)
                     masks[i].append(m)
         return seqs, masks
+
+    # ------------------------------------------------------------------------- many prompts at once
+
+    def generate_many(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                      top_k: int | None = None, seed: int = 0, num_samples: int = 1,
+                      stop_tokens: list[int] | None = None, **kw: Any) -> list[list[int]]:
+        """New tokens of every prompt and sample, prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
+        Prompt i behaves exactly as ``generate_batch(prompts[i], num_samples, seed=seed + i, ...)``
+        (same tokens for greedy; for sampling the same random stream). See ``generate_many_masked``."""
+        return self.generate_many_masked(prompts, max_new_tokens, temperature, top_k, seed, num_samples,
+                                         stop_tokens, **kw)[0]
+
+    def generate_many_masked(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                             top_k: int | None = None, seed: int = 0, num_samples: int = 1,
+                             stop_tokens: list[int] | None = None, top_p: float | None = None,
+                             truncate: str | None = None, max_batch: int | None = None
+                             ) -> tuple[list[list[int]], list[list[int]]]:
+        """(completions, masks) of many different prompts decoded together (continuous batching).
+
+        Up to ``max_batch`` rows (samples) are in flight; a finished row's slot is refilled from the
+        queue of prompts (shortest first, prefilled PREFILL_CHUNK at a time, so prompts padded together are
+        of similar length). Each
+        prompt has its own generator (seed + i) and samples all of its rows in one ``sample_next`` call,
+        finished rows included (placeholder logits: a row's draw does not depend on the other rows'
+        values), which reproduces ``generate``'s random stream. Prefill: the admitted prompts right-
+        padded in one ``GPT.forward_hidden`` (causal attention, so real tokens never see the padding);
+        decode: ``decode_step`` with per-row positions and key masks."""
+        c = self.model.config
+        prompts = [check_prompt(p, c.vocab_size, c.seq_len, max_new_tokens, truncate) for p in prompts]
+        if num_samples < 1:
+            raise CfError(f"num_samples: expected >= 1, got {num_samples}")
+        if temperature < 0:
+            raise CfError(f"temperature: expected >= 0, got {temperature}")
+        S = max(max_batch or DEFAULT_MAX_BATCH, num_samples)
+        stops = set(self.default_stop_tokens() if stop_tokens is None else stop_tokens)
+        seqs: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+        masks: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+        if not prompts:
+            return seqs, masks
+        with torch.inference_mode(), autocast_ctx(str(self.device)):
+            self._many(prompts, max_new_tokens, (temperature, top_k, top_p), seed, num_samples, stops, S, seqs, masks)
+        return seqs, masks
+
+    def _many(self, prompts: list[list[int]], max_new_tokens: int, sampler: tuple, seed: int, num_samples: int,
+              stops: set[int], S: int, seqs: list[list[int]], masks: list[list[int]]) -> None:
+        """generate_many's loop: admit (prefill) while slots are free, sample, retire, decode."""
+        c = self.model.config
+        max_len = min(c.seq_len, max(map(len, prompts)) + max_new_tokens)
+        shape = (S, c.n_kv_head, max_len, c.head_dim)
+        k = [torch.zeros(shape, device=self.device, dtype=self.cache_dtype) for _ in range(c.n_layer)]
+        v = [torch.zeros(shape, device=self.device, dtype=self.cache_dtype) for _ in range(c.n_layer)]
+        waiting = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
+        rows: list[_Row] = []                                # active rows; row j lives in cache slot j
+        logits = torch.empty(0, c.vocab_size, device=self.device)
+        while True:
+            n_new = min(len(waiting), (S - len(rows)) // num_samples)
+            batch = [waiting.popleft() for _ in range(n_new)]
+            for j in range(0, n_new, PREFILL_CHUNK):
+                new_logits = self._prefill_rows(batch[j:j + PREFILL_CHUNK], prompts, num_samples, seed, rows, k, v)
+                logits = torch.cat([logits, new_logits])
+            if not rows:
+                return
+            self._sample_rows(rows, logits, sampler, stops, max_new_tokens, seqs, masks)
+            self._retire(rows, k, v)
+            if rows:
+                logits = decode_step(self.model, torch.tensor([r.last for r in rows], device=self.device),
+                                     torch.tensor([r.pos for r in rows], device=self.device), k, v)
+                for r in rows:
+                    r.pos += 1
+            else:
+                logits = logits[:0]
+
+    def _prefill_rows(self, batch: list[int], prompts: list[list[int]], num_samples: int, seed: int,
+                      rows: list["_Row"], k: list[torch.Tensor], v: list[torch.Tensor]) -> torch.Tensor:
+        """Prefill prompts[batch] right-padded in one forward, copy each prompt's keys/values into
+        num_samples fresh slots after the active rows, append their _Rows; returns their logits (R, V)."""
+        lens = torch.tensor([len(prompts[i]) for i in batch])
+        T = int(lens.max())
+        idx = pad_right([prompts[i] for i in batch], 0)                          # (b, T), pad id 0
+        cache = KVCache.for_model(self.model, len(batch), max_len=T, dtype=self.cache_dtype)
+        h = self.model.forward_hidden(idx.to(self.device), kv_cache=cache)        # (b, T, C)
+        last = h[torch.arange(len(batch)), (lens - 1).to(self.device)]           # (b, C) at each prompt's end
+        logits = self.model.lm_head(last).float().repeat_interleave(num_samples, 0)   # (b * N, V)
+        src = torch.arange(len(batch), device=self.device).repeat_interleave(num_samples)
+        first = len(rows)
+        for layer in range(len(k)):
+            k[layer][first:first + len(src), :, :T] = cache.k[layer][src]
+            v[layer][first:first + len(src), :, :T] = cache.v[layer][src]
+        for i in batch:
+            group = _Group(torch.Generator(device=self.device).manual_seed(seed + i), num_samples)
+            rows += [_Row(i * num_samples + s, group, s, pos=len(prompts[i])) for s in range(num_samples)]
+        return logits
+
+    def _sample_rows(self, rows: list["_Row"], logits: torch.Tensor, sampler: tuple, stops: set[int],
+                     max_new_tokens: int, seqs: list[list[int]], masks: list[list[int]]) -> None:
+        """Pick each active row's next token (logits (B, V), row j = rows[j]) and record it; marks
+        finished rows (stop token, max_new_tokens or a full context) with ``r.st.done``."""
+        temperature, top_k, top_p = sampler
+        if temperature == 0:
+            picked = logits.argmax(dim=-1).tolist()
+        else:                      # one sample_next per prompt over all of its samples (generate's stream)
+            picked = [0] * len(rows)
+            groups: dict[int, list[int]] = {}
+            for j, r in enumerate(rows):
+                groups.setdefault(id(r.group), []).append(j)
+            for js in groups.values():
+                g = rows[js[0]].group
+                full = torch.zeros(g.size, logits.size(-1), device=logits.device)   # placeholders (N, V)
+                full[[rows[j].sample for j in js]] = logits[js]
+                out = sample_next(full, temperature, top_k, top_p, g.gen).tolist()
+                for j in js:
+                    picked[j] = out[rows[j].sample]
+        seq_len = self.model.config.seq_len
+        for r, tok in zip(rows, picked):
+            tok, mask = self._take(r.st, tok, stops)
+            seqs[r.out].append(tok)
+            masks[r.out].append(mask)
+            r.last = tok
+            if len(seqs[r.out]) >= max_new_tokens or r.pos >= seq_len:
+                r.st.done = True
+
+    @staticmethod
+    def _retire(rows: list["_Row"], k: list[torch.Tensor], v: list[torch.Tensor]) -> None:
+        """Drop finished rows, moving the last active row into each freed slot (rows stay packed at
+        0..B-1, so a decode step reads plain views of the cache); highest slots first, so the row moved
+        is always a live one."""
+        for i in reversed([j for j, r in enumerate(rows) if r.st.done]):
+            last = len(rows) - 1
+            if i != last:
+                n = rows[last].pos
+                for layer in range(len(k)):
+                    k[layer][i, :, :n] = k[layer][last, :, :n]
+                    v[layer][i, :, :n] = v[layer][last, :, :n]
+                rows[i] = rows[last]
+            rows.pop()
+
+
+@dataclass
+class _Group:
+    """The samples of one prompt in generate_many: one generator, sampled together."""
+    gen: torch.Generator
+    size: int
+
+
+@dataclass
+class _Row:
+    """One sample in flight in generate_many."""
+    out: int                  # index into the outputs
+    group: _Group
+    sample: int               # index within its prompt's samples
+    pos: int                  # positions filled in the cache
+    last: int = -1            # newest token (input of the next decode step)
+    st: SampleState = field(default_factory=SampleState)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row: q (B, H, 1, d), k/v (B, Hkv, L, d), mask (B, 1, 1, L) bool
+    (True = may attend) -> (B, H, 1, d). Written out as two batched matmuls: with a per-row mask,
+    CPU SDPA ran 2.6x slower than this at B=32 (dev/LOG.md). GQA without copying the keys: the
+    H / Hkv query heads that share a kv head become G query rows of that head (as repeat_kv)."""
+    B, H, _, d = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    qg = q.reshape(B, Hkv, H // Hkv, d)                                      # (B, Hkv, G, d)
+    att = (qg @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))                  # (B, Hkv, G, L)
+    att = att.masked_fill(~mask.view(B, 1, 1, L), float("-inf")).softmax(dim=-1)
+    return (att @ v).reshape(B, H, 1, d)
+
+
+def decode_step(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, k_cache: list[torch.Tensor],
+                v_cache: list[torch.Tensor]) -> torch.Tensor:
+    """One batched decode step with a different position per row.
+
+    tokens (B,) long: each row's newest token; pos (B,) long: its position (= tokens already cached).
+    k_cache/v_cache[l]: (S >= B, n_kv_head, max_len, head_dim); rows 0..B-1 are this batch.
+    Writes the new keys/values at (b, :, pos_b) and returns logits (B, V) float32.
+    Mirrors GPT.forward / Block / Attention exactly except for the per-row positions and key mask
+    (its slow twin is GPT.forward on each sequence alone, with its own KVCache).
+    """
+    B = tokens.shape[0]
+    cfg = model.config
+    L = int(pos.max()) + 1                                     # keys to look at: 0..max(pos)
+    rows = torch.arange(B, device=tokens.device)
+    x = model.wte(tokens[:, None])                             # (B, 1, C)
+    rope = None
+    if model.wpe is not None:
+        x = x + model.wpe(pos)[:, None, :]                     # (B, 1, C)
+    else:
+        rope = (model.rope_cos[pos][:, None, None, :], model.rope_sin[pos][:, None, None, :])  # (B, 1, 1, d)
+    mask = (torch.arange(L, device=tokens.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, L)
+    for layer, block in enumerate(model.blocks):
+        a = block.attn
+        h = block.norm_1(x)
+        q = a.c_q(h).view(B, 1, a.n_head, a.head_dim).transpose(1, 2)       # (B, H, 1, d)
+        k = a.c_k(h).view(B, 1, a.n_kv_head, a.head_dim).transpose(1, 2)    # (B, Hkv, 1, d)
+        v = a.c_v(h).view(B, 1, a.n_kv_head, a.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache[layer][rows, :, pos] = k[:, :, 0].to(k_cache[layer].dtype)  # scatter at per-row positions
+        v_cache[layer][rows, :, pos] = v[:, :, 0].to(v_cache[layer].dtype)
+        K, V = k_cache[layer][:B, :, :L], v_cache[layer][:B, :, :L]          # (B, Hkv, L, d) views
+        y = decode_attention(q, K.to(q.dtype), V.to(q.dtype), mask)          # (B, H, 1, d)
+        x = x + a.c_proj(y.transpose(1, 2).reshape(B, 1, cfg.n_embd))
+        x = x + block.mlp(block.norm_2(x))
+    x = model.norm_f(x)
+    return model.lm_head(x).float()[:, 0]                      # (B, V)
 
 
 def naive_generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,

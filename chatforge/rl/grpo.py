@@ -63,7 +63,7 @@ from chatforge.model.engine import Engine
 from chatforge.model.optim import OptimConfig, Optimizers, build_optimizer
 from chatforge.rl.reward import load_reward_model, rm_reward_fn
 from chatforge.rl.rollout import (check_compatible, evaluate_problems, make_engine, pack_sequences, response_text,
-                                  sample_group, stop_ids, token_logprobs)
+                                  sample_groups, stop_ids, token_logprobs)
 
 # ============================================================================ pure GRPO math
 
@@ -254,10 +254,11 @@ def rollout_step(engine, tokenizer, problems: list[dict], cfg: RLConfig, seed: i
     group-major (responses of problem j are rows j*G .. j*G+G-1)."""
     stops = stop_ids(tokenizer)
     P, R, M, X, Q = [], [], [], [], []
-    for j, prob in enumerate(problems):
-        prompt = prompt_tokens(tokenizer, prob["question"])
-        for r, m in sample_group(engine, prompt, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                                 cfg.top_k, seed * 1000 + j, stops):
+    prompts = [prompt_tokens(tokenizer, prob["question"]) for prob in problems]
+    groups = sample_groups(engine, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                           seed * 1000, stops)                  # problem j seeded seed * 1000 + j
+    for prob, prompt, group in zip(problems, prompts, groups):
+        for r, m in group:
             P.append(prompt)
             R.append(r)
             M.append(m)

@@ -35,20 +35,27 @@ def sample_group(engine, prompt: list[int], n: int, max_new_tokens: int, tempera
 
     The response keeps its final <|assistant_end|> (the policy chose to stop: that choice is trained).
     """
-    seqs, masks = engine.generate_batch(prompt, num_samples=n, max_new_tokens=max_new_tokens,
-                                        temperature=temperature, top_k=top_k or None, seed=seed,
-                                        stop_tokens=stops)
-    return [(list(s), list(m)) for s, m in zip(seqs, masks)]  # new tokens only (engine contract)
+    return sample_groups(engine, [prompt], n, max_new_tokens, temperature, top_k, seed, stops)[0]
+
+
+def sample_groups(engine, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
+                  top_k: int | None, seed: int, stops: list[int]) -> list[list[tuple[list[int], list[int]]]]:
+    """``sample_group`` for many prompts in one batched call (``Engine.generate_many_masked``): prompt j
+    is seeded ``seed + j``, so the result equals sample_group(prompts[j], ..., seed + j) for each j."""
+    seqs, masks = engine.generate_many_masked(prompts, max_new_tokens, temperature, top_k or None, seed,
+                                              num_samples=n, stop_tokens=stops)
+    pairs = [(list(s), list(m)) for s, m in zip(seqs, masks)]  # new tokens only (engine contract)
+    return [pairs[j * n:(j + 1) * n] for j in range(len(prompts))]
 
 
 def sample_texts(engine, tokenizer, problems: Sequence[dict], n: int, max_new_tokens: int,
                  temperature: float = 1.0, seed: int = 0) -> list[list[str]]:
-    """n response texts per problem (greedy when temperature is 0: then n = 1 is enough)."""
+    """n response texts per problem (greedy when temperature is 0: then n = 1 is enough); problem i
+    seeded seed + i, all problems in one batched engine call."""
     stops = stop_ids(tokenizer)
-    return [[response_text(tokenizer, r, stops)
-             for r, _ in sample_group(engine, prompt_tokens(tokenizer, p["question"]), n, max_new_tokens,
-                                      temperature, None, seed + i, stops)]
-            for i, p in enumerate(problems)]
+    prompts = [prompt_tokens(tokenizer, p["question"]) for p in problems]
+    return [[response_text(tokenizer, r, stops) for r, _ in outs]
+            for outs in sample_groups(engine, prompts, n, max_new_tokens, temperature, None, seed, stops)]
 
 
 def response_text(tokenizer, tokens: Sequence[int], stops: Sequence[int]) -> str:
@@ -114,14 +121,14 @@ def evaluate_problems(engine, tokenizer, problems: list[dict], k: int, max_new_t
     """pass@1 and pass@k (unbiased, n = k samples each), greedy accuracy, mean response length."""
     stops = stop_ids(tokenizer)
     p1 = pk = greedy = length = 0.0
-    for i, prob in enumerate(problems):
-        prompt = prompt_tokens(tokenizer, prob["question"])
-        outs = sample_group(engine, prompt, k, max_new_tokens, temperature, None, seed + i, stops)
+    prompts = [prompt_tokens(tokenizer, prob["question"]) for prob in problems]
+    sampled = sample_groups(engine, prompts, k, max_new_tokens, temperature, None, seed, stops)
+    greedies = sample_groups(engine, prompts, 1, max_new_tokens, 0.0, None, seed, stops)
+    for prob, outs, ((g, _),) in zip(problems, sampled, greedies):
         c = sum(math_correct(response_text(tokenizer, r, stops), prob["answer"]) for r, _ in outs)
         p1 += pass_at_k(k, int(c), 1)
         pk += pass_at_k(k, int(c), k)
         length += sum(len(r) for r, _ in outs) / k
-        (g, _), = sample_group(engine, prompt, 1, max_new_tokens, 0.0, None, seed + i, stops)
         greedy += math_correct(response_text(tokenizer, g, stops), prob["answer"])
     n = max(1, len(problems))
     return {"pass@1": p1 / n, f"pass@{k}": pk / n, "greedy_acc": greedy / n, "greedy_correct": int(greedy),

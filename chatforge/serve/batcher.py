@@ -50,12 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from chatforge.common import autocast_ctx
-from chatforge.model.engine import sample_next
-from chatforge.model.gpt import apply_rope, GPT, KVCache
+from chatforge.model.engine import decode_step, sample_next   # decode_step is shared with Engine.generate_many
+from chatforge.model.gpt import GPT, KVCache
 from chatforge.tokenizer.tokenizer import StreamDecoder
-
-
-
 
 
 @dataclass
@@ -348,46 +345,6 @@ class Batcher:
                 self.v[layer][i, :, :L] = self.v[layer][last, :, :L]
             self.rows[i] = moved
         self.rows.pop()
-
-
-def decode_step(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, k_cache: list[torch.Tensor],
-                v_cache: list[torch.Tensor]) -> torch.Tensor:
-    """One batched decode step with a different position per row.
-
-    tokens (B,) long: each row's newest token; pos (B,) long: its position (= tokens already cached).
-    k_cache/v_cache[l]: (S >= B, n_kv_head, seq_len, head_dim); rows 0..B-1 are this batch.
-    Writes the new keys/values at (b, :, pos_b) and returns logits (B, V) float32.
-    Mirrors GPT.forward / Block / Attention exactly except for the per-row positions and key mask.
-    """
-    B = tokens.shape[0]
-    cfg = model.config
-    L = int(pos.max()) + 1                                     # keys to look at: 0..max(pos)
-    rows = torch.arange(B, device=tokens.device)
-    x = model.wte(tokens[:, None])                             # (B, 1, C)
-    rope = None
-    if model.wpe is not None:
-        x = x + model.wpe(pos)[:, None, :]                     # (B, 1, C)
-    else:
-        rope = (model.rope_cos[pos][:, None, None, :], model.rope_sin[pos][:, None, None, :])  # (B, 1, 1, d)
-    mask = (torch.arange(L, device=tokens.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, L)
-    for layer, block in enumerate(model.blocks):
-        a = block.attn
-        h = block.norm_1(x)
-        q = a.c_q(h).view(B, 1, a.n_head, a.head_dim).transpose(1, 2)       # (B, H, 1, d)
-        k = a.c_k(h).view(B, 1, a.n_kv_head, a.head_dim).transpose(1, 2)    # (B, Hkv, 1, d)
-        v = a.c_v(h).view(B, 1, a.n_kv_head, a.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_cache[layer][rows, :, pos] = k[:, :, 0].to(k_cache[layer].dtype)  # scatter at per-row positions
-        v_cache[layer][rows, :, pos] = v[:, :, 0].to(v_cache[layer].dtype)
-        K, V = k_cache[layer][:B, :, :L], v_cache[layer][:B, :, :L]          # (B, Hkv, L, d) views
-        y = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask,
-                                           enable_gqa=a.n_kv_head != a.n_head)
-        x = x + a.c_proj(y.transpose(1, 2).reshape(B, 1, cfg.n_embd))
-        x = x + block.mlp(block.norm_2(x))
-    x = model.norm_f(x)
-    return model.lm_head(x).float()[:, 0]                      # (B, V)
 
 
 def sequential_generate(model: GPT, prompt: list[int], max_new_tokens: int) -> list[int]:

@@ -24,6 +24,7 @@ from chatforge.common import (add_config_args, CfError, config_from_args, get_de
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.model.gpt import KVCache
+from chatforge.model.quant import KINDS, quantize_for_inference
 from chatforge.tokenizer.tokenizer import StreamDecoder
 from chatforge.world.build import load_world
 
@@ -43,6 +44,8 @@ class ChatConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     tools: bool = field(default=True, metadata={"help": "let the model call calculator/python/search"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | mps | auto"})
+    weights: str = field(default="fp32", metadata={"help": "inference weights: fp32 | bf16 | fp16 | int8 (weight-only)",
+                                                   "choices": list(KINDS)})
 
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt and reset), /quit"
@@ -207,7 +210,8 @@ def cli(argv: list[str]) -> None:
     if sys.stdin.isatty():
         print_config(cfg, "chat config")
         print(f"loaded {ck.path}; {HELP}")
-    session = ChatSession(Engine(ck.model, ck.tokenizer, tools=tools), ck.tokenizer, system=cfg.system,
+    model = quantize_for_inference(ck.model, cfg.weights)
+    session = ChatSession(Engine(model, ck.tokenizer, tools=tools), ck.tokenizer, system=cfg.system,
                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     chat_loop(session, sys.stdin, sys.stdout, prompt="> " if sys.stdin.isatty() else "")

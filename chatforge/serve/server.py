@@ -57,6 +57,7 @@ from chatforge.common import (add_config_args, CfError, config_from_args, get_de
                               print_config, run_dir)
 from chatforge.eval.arena import judge_of, OUTCOMES, summarize, VoteStore
 from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint, model_specs
+from chatforge.model.quant import KINDS, quantize_for_inference
 from chatforge.report import load_results
 from chatforge.serve.batcher import Batcher, GenRequest
 from chatforge.serve.messages import best_assistant, conversation_from_messages, fit_prompt
@@ -775,6 +776,8 @@ class ServeConfig:
     max_batch: int = field(default=16, metadata={"help": "rows decoded together per model (continuous batching)"})
     tools: bool = field(default=True, metadata={"help": "run the model's tool calls in chat (calculator, python, "
                                                         "search over the run's world)"})
+    weights: str = field(default="fp32", metadata={"help": "inference weights: fp32 | bf16 | fp16 | int8 (weight-only)",
+                                                   "choices": list(KINDS)})
 
 
 def find_models(run: str | Path | None, specs: list[str]) -> dict[str, Path]:
@@ -818,7 +821,7 @@ def cli(argv: list[str]) -> None:
     models = {}
     for name, path in paths.items():
         ck = load_checkpoint(path, device=device)
-        models[name] = (ck.model, ck.tokenizer)
+        models[name] = (quantize_for_inference(ck.model, cfg.weights), ck.tokenizer)
         print0(f"serve: model '{name}' <- {ck.path} ({ck.model.num_params() / 1e6:.1f}M params)")
     votes_dir = run_dir(cfg.run) if cfg.run else default_run_dir(paths)
     print0(f"serve: arena votes -> {votes_dir / 'arena' / 'votes.json'}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chatforge.assistant import convo
-from chatforge.assistant.convo import sample_replies
+from chatforge.assistant.convo import sample_replies_many
 from chatforge.assistant.tools import default_tools
 from chatforge.common import CfError, Timer, atomic_write_json, get_device, print0, run_dir, write_meta
 from chatforge.model.checkpoint import load_checkpoint
@@ -56,11 +56,11 @@ def probe_base_model(model, tokenizer, items: list[dict], samples: int, max_new_
                      temperature: float, seed: int = 0) -> list[list[str]]:
     """Sample ``samples`` completions of each item's cloze prompt; each cut at the first sentence end."""
     engine = Engine(model, tokenizer)
+    prompts = [[tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
+               for it in items]
     out = []
-    for i, it in enumerate(items):
-        prompt = [tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
-        gens = sample_replies(engine, tokenizer, prompt, samples, max_new_tokens, temperature, seed + i,
-                              stop_at_end=False)
+    for gens in sample_replies_many(engine, tokenizer, prompts, samples, max_new_tokens, temperature, seed,
+                                    stop_at_end=False):   # item i seeded seed + i
         texts = []
         for g in gens:  # a sample ends at the document boundary, its first line and sentence end
             g = g[:g.index(tokenizer.bos_id)] if tokenizer.bos_id in g else g
