@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterator
@@ -315,7 +316,7 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)
     t = hints[f.name]
     origin = typing.get_origin(t)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:   # Optional[X] and X | None
         args = [a for a in typing.get_args(t) if a is not type(None)]
         t = args[0] if len(args) == 1 else str
     return t
