@@ -27,6 +27,7 @@ from chatforge.data.curate import DataConfig, evaluate_filters, format_eval, ite
 from chatforge.data.shards import tokenize_corpus
 from chatforge.eval.arena import ArenaConfig, run_arena
 from chatforge.eval.experiments import run_experiments
+from chatforge.eval.knowledge import run_knowledge_experiments
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.report import marked_section, md_table, Report
@@ -76,6 +77,7 @@ STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample",
 
 # What a run writes into its directory; a new run clears exactly these (never anything else there).
 RUN_OUTPUTS = ["world", "corpus", "crawl", "data", "tokenizer", "shards", "base", "sft_data", "sft", "sft_ablation",
+               "sft_no_idk", "sft_no_identity",
                "rl", "rm", "rlhf", "dpo", "eval", "arena", "report", "report.md", "results.json", "speedrun.json"]
 
 
@@ -138,6 +140,8 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
 def stage_world(ctx: dict, report: Report) -> None:
     p = ctx["preset"]
     wc = WorldConfig(seed=ctx["cfg"].seed, n_people=p["n_people"], n_bios_per_person=p["n_bios"],
+                     known_fraction=p.get("known_fraction", 0.35), k1_fraction=p.get("k1_fraction", 0.175),
+                     name_mentions=p.get("name_mentions", 0),
                      n_problems=p["n_problems"], n_spelling=p["n_spelling"], n_filler_per_entity=p["n_filler"])
     world = build_world(wc)
     write_world(world, ctx["rd"])
@@ -254,6 +258,7 @@ def stage_sft(ctx: dict, report: Report) -> None:
     md, metrics = run_experiments(rd, n_eval=p["n_eval"])
     ctx["sft_metrics"] = metrics
     report.add("sft", md)
+    report.add("knowledge", run_knowledge_experiments(rd, device=cfg.device))
 
 
 def stage_rl(ctx: dict, report: Report) -> None:
