@@ -193,6 +193,10 @@ def render_markdown(res: dict[str, dict], seconds: dict[str, float]) -> str:
     d = kn["diffs"]["heldout_k8 - heldout_k1"]
     rp = kn["reprobe"]
     drop = -ha["diffs"]["known_with_idk - known_without_idk"]["delta"]
+    known_without = ha["conditions"]["known_without_idk"]["rate"]
+    vacuous = (f" This says little: without the refusals the model already answers only {100 * known_without:.0f}% of "
+               f"held-out known facts, so there is almost no knowledge the refusals could cost (it refuses "
+               f"{100 * ha['refusal_rate']['known_with_idk']:.0f}% of known people)." if known_without < 0.2 else "")
     lines = [
         "## Knowledge, hallucination and identity", "",
         "Greedy replies on items never trained on; Wilson 95% intervals; differences with bootstrap intervals "
@@ -212,7 +216,8 @@ def render_markdown(res: dict[str, dict], seconds: dict[str, float]) -> str:
         "on held-out known people. The majority prior never refuses.", "", results_table(ha), "",
         "- unknown_with_idk " + fmt_rate(ha["conditions"]["unknown_with_idk"]) + ": " + _verdict(
             ha["conditions"]["unknown_with_idk"]["rate"] <= TARGETS["unknown_with_idk"] and drop <= TARGETS["known_drop"],
-            f"≤ 10% hallucination with known accuracy dropping ≤ 10 points (it dropped {100 * drop:+.1f})."), "",
+            f"≤ 10% hallucination with known accuracy dropping ≤ 10 points (it dropped {100 * drop:+.1f})."
+            + vacuous), "",
         "### Identity (held-out wordings, whole-word judge)", "",
         results_table(idt), "",
         f"- with_data on {idt['n_wordings']} held-out wordings " + fmt_rate(idt["conditions"]["with_data"]) + ": "
