@@ -33,7 +33,8 @@ class SFTMix:
     n_idk: int = 300             # refusals about unknown people (spread over every unknown name not held out)
     n_identity: int = 200        # questions about the model itself (from the model card, training wordings);
                                  # 80 beside 300 refusals gave 42% on held-out wordings (dev/LOG.md)
-    n_persona: int = 40          # identity taken from a system prompt (random personas)
+    n_persona: int = 150         # identity taken from a system prompt (random personas); 40 left the d4 model
+                                 # answering one persona name whatever the system prompt said (dev/LOG.md)
     n_math_per_style: int = 120  # world problems x {answer-first, worked, calculator}
     n_letters_per_style: int = 100  # letter counting x {spelled-out, python}; + spelling
     n_search: int = 60           # look a person up with the search tool
