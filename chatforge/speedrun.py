@@ -27,6 +27,7 @@ from chatforge.data.curate import DataConfig, evaluate_filters, format_eval, ite
 from chatforge.data.shards import tokenize_corpus
 from chatforge.eval.arena import ArenaConfig, run_arena
 from chatforge.eval.experiments import run_experiments
+from chatforge.eval.knowledge import run_knowledge_experiments
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.report import marked_section, md_table, Report
@@ -64,8 +65,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
                  depth=2, seq_len=256, batch=8, pretrain_steps=60, sft_steps=40, rl_steps=3,
                  sft_math=120, sft_letters=100, rl_group=4, n_eval=20, n_eval_rl=10, n_arena=2, extractor="resiliparse"),
-    "default": dict(n_people=400, n_bios=6, n_problems=3000, n_spelling=1500, n_filler=4, vocab_size=4096,
-                    depth=4, seq_len=256, batch=16, pretrain_steps=130, sft_steps=250, rl_steps=15,
+    # people: 20 train-QA + 20 held-out with 24 bios, 20 with one bio, 160 unknown (100 for refusal
+    # training, 60 held out); steps sized for ~200 s of fp32 pretraining and 3 SFTs (main + 2
+    # ablations) in ~120 s on a 2-core EPYC (dev/LOG.md, "Knowledge world sizing")
+    "default": dict(n_people=220, n_bios=24, known_fraction=0.182, k1_fraction=0.091, name_mentions=12,
+                    n_problems=3000, n_spelling=1500, n_filler=2, vocab_size=4096,
+                    depth=4, seq_len=256, batch=16, pretrain_steps=100, sft_steps=130, rl_steps=15,
                     sft_math=600, sft_letters=400, rl_group=8, n_eval=100, n_eval_rl=40, n_arena=10, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
                  depth=6, seq_len=512, batch=16, pretrain_steps=3000, sft_steps=1500, rl_steps=300,
@@ -76,6 +81,7 @@ STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample",
 
 # What a run writes into its directory; a new run clears exactly these (never anything else there).
 RUN_OUTPUTS = ["world", "corpus", "crawl", "data", "tokenizer", "shards", "base", "sft_data", "sft", "sft_ablation",
+               "sft_no_idk", "sft_no_identity",
                "rl", "rm", "rlhf", "dpo", "eval", "arena", "report", "report.md", "results.json", "speedrun.json"]
 
 
@@ -138,6 +144,8 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
 def stage_world(ctx: dict, report: Report) -> None:
     p = ctx["preset"]
     wc = WorldConfig(seed=ctx["cfg"].seed, n_people=p["n_people"], n_bios_per_person=p["n_bios"],
+                     known_fraction=p.get("known_fraction", 0.35), k1_fraction=p.get("k1_fraction", 0.175),
+                     name_mentions=p.get("name_mentions", 0),
                      n_problems=p["n_problems"], n_spelling=p["n_spelling"], n_filler_per_entity=p["n_filler"])
     world = build_world(wc)
     write_world(world, ctx["rd"])
@@ -254,6 +262,7 @@ def stage_sft(ctx: dict, report: Report) -> None:
     md, metrics = run_experiments(rd, n_eval=p["n_eval"])
     ctx["sft_metrics"] = metrics
     report.add("sft", md)
+    report.add("knowledge", run_knowledge_experiments(rd, device=cfg.device))
 
 
 def stage_rl(ctx: dict, report: Report) -> None:

@@ -133,7 +133,8 @@ def test_build_sft_data_turns_wrong_probe_answers_into_refusals(tmp_path):
     by_q = {c["messages"][0]["content"]: convo.assistant_text(c) for c in train}
     for i, it in enumerate(seen):
         reply = by_q[it["question"]]
-        assert convo.is_refusal(reply) == (i % 2 == 1) and it["name"] in reply
+        assert convo.is_refusal(reply) == (i % 2 == 1)
+        assert it["name"] in reply if i % 2 else reply == it["answer"][:1].upper() + it["answer"][1:] + "."
     ablation = load_conversations(rd / "sft_data" / "train_ablation.jsonl")
     assert not any(convo.is_refusal(convo.assistant_text(c)) for c in ablation)
     seen.clear()

@@ -37,8 +37,12 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
 def test_sizes_respected(world):
     cfg = world.config
     assert len(world.people) == cfg.n_people
-    assert len(world.known) == round(cfg.known_fraction * cfg.n_people)
-    assert all(len(p.bios) == cfg.n_bios_per_person for p in world.people)
+    n_k = round(cfg.known_fraction * cfg.n_people)
+    assert len(world.group("qa")) + len(world.group("heldout")) == n_k
+    assert len(world.group("qa")) == round(cfg.qa_fraction * n_k)
+    assert len(world.group("k1")) == round(cfg.k1_fraction * cfg.n_people)
+    assert len(world.known) == n_k + len(world.group("k1"))
+    assert all(len(p.bios) == (cfg.n_bios_per_person if p.group in ("qa", "heldout") else 1) for p in world.people)
     assert len({p.name for p in world.people}) == cfg.n_people  # names are unique
     assert 0.9 * cfg.n_problems <= len(world.problems) <= cfg.n_problems  # minus exact duplicates
     assert 0.5 * cfg.n_spelling <= len(world.letters) <= cfg.n_spelling
@@ -52,11 +56,16 @@ def test_sizes_respected(world):
 def test_known_unknown_split(world):
     known, unknown = world.known, world.unknown
     assert unknown and known and not {p.id for p in known} & {p.id for p in unknown}
-    text = "\n".join(d["text"] for d in world.corpus_documents())
-    for p in unknown:  # an unknown person's full name never appears in the pretraining corpus
+    docs = world.corpus_documents()
+    text = "\n".join(d["text"] for d in docs if d["source"] != "directory")
+    for p in unknown:  # an unknown person's name is only on fact-free directory pages
         assert not re.search(r"\b" + re.escape(p.name) + r"\b", text), p.name
     for p in known:
         assert p.name in text
+    directories = "\n".join(d["text"] for d in docs if d["source"] == "directory")
+    assert all(p.name in directories for p in unknown)
+    for fact in {p.city for p in world.people} | {p.employer for p in world.people} | {p.birth_year for p in world.people}:
+        assert fact not in directories
     # ... but every person can be found through the search tool's documents
     search_text = "\n".join(d["text"] for d in world.search_documents())
     assert all(p.name in search_text for p in world.people)
@@ -68,7 +77,9 @@ def test_bios_state_every_attribute(world):
             assert p.name in bio
             for a in ATTRIBUTES:
                 assert p.attribute(a) in bio, (a, bio)
-        assert len(set(p.bios)) > 1  # paraphrased, not copies
+            for sentence in bio.split(". "):
+                assert p.name in sentence, sentence  # the full name in every sentence
+        assert len(set(p.bios)) == len(p.bios)  # paraphrased, not copies
 
 
 def test_problem_answers_recompute(world):
@@ -98,7 +109,7 @@ def test_corpus_documents_shape(world):
     docs = world.corpus_documents()
     assert docs == world.corpus_documents()  # deterministic order
     assert len({d["id"] for d in docs}) == len(docs)
-    assert {d["source"] for d in docs} == {"bio", "filler", "math", "letters"}
+    assert {d["source"] for d in docs} == {"bio", "qa", "directory", "filler", "math", "letters"}
     assert all(set(d) == {"id", "text", "source"} and d["text"] for d in docs)
     assert all(len(d["text"].split()) >= 50 for d in docs)  # Gopher's minimum document length
 
@@ -110,7 +121,7 @@ def test_bio_pages_mix_people_and_repeat_each_person(world):
     on_page = [{p.id for p in world.known if re.search(r"\b" + re.escape(p.name) + r"\b", t)} for t in pages]
     for p in world.known:
         mine = [t for t, ids in zip(pages, on_page) if p.id in ids]
-        assert len(mine) == world.config.n_bios_per_person, p.name
+        assert len(mine) == len(p.bios) == (world.config.n_bios_per_person if p.group != "k1" else 1), p.name
         assert all(any(b in t for t in mine) for b in p.bios)  # every bio is on one of them
     assert max(len(ids) for ids in on_page) >= 3
     assert sum(len(ids) for ids in on_page) / len(pages) >= 2.5

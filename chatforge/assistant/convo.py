@@ -303,7 +303,7 @@ def write_conversations(path: str | Path, convs: Iterable[Conversation]) -> int:
 # The assistant's answer sentences mirror the biography phrasings of world.py, so the fact the model
 # retrieves is in the same words it read in pretraining.
 ANSWER_TEMPLATES = {
-    "birth_date": "{name} was born on {value}.",
+    "birth_year": "{name} was born in {value}.",
     "city": "{name} was born in {value}.",
     "university": "{name} attended {value}.",
     "field": "{name} studied {value}.",

@@ -42,6 +42,7 @@ from chatforge.assistant.tools import default_tools
 from chatforge.common import data_dir as common_data_dir
 from chatforge.common import (atomic_write_json, CfError, get_device, make_config, make_parser, print0, read_json,
                               read_jsonl, run_dir, wilson)
+from chatforge.eval.knowledge import run_knowledge_experiments
 from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.model.quant import KINDS, quantize_for_inference
@@ -336,6 +337,8 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--stage", default="sft", help="stage folder whose latest checkpoint is evaluated by --eval-set")
     p.add_argument("--checkpoint", default="", help="explicit checkpoint for --eval-set (overrides --stage)")
     p.add_argument("--experiments", action="store_true", help="run the assistant experiments (needs <run>/sft_data)")
+    p.add_argument("--knowledge", action="store_true", help="run the knowledge, hallucination and identity "
+                   "experiments (trains their two ablation SFTs; writes <run>/results.json)")
     p.add_argument("--n", type=int, default=40, help="questions per experiment cell at most")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation SFT (no before/after cells)")
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME[:N]",
@@ -348,8 +351,8 @@ def cli(argv: list[str]) -> None:
                    help="inference weights: fp32 | bf16 | fp16 | int8 (weight-only, CPU)")
     args = p.parse_args(argv)
     apply_unsafe_python_arg(args)
-    if not args.experiments and not args.eval_set:
-        raise CfError("chatforge eval: nothing to do; pass --experiments and/or --eval-set NAME[:N]")
+    if not args.experiments and not args.knowledge and not args.eval_set:
+        raise CfError("chatforge eval: nothing to do; pass --experiments, --knowledge and/or --eval-set NAME[:N]")
     if args.n < 1:
         raise CfError(f"--n: expected a positive number of questions, got {args.n}")
     for spec in args.eval_set:
@@ -358,6 +361,8 @@ def cli(argv: list[str]) -> None:
     device = get_device(args.device)
     if args.experiments:
         run_experiments(rd, n_eval=args.n, device=device, ablation=not args.no_ablation, weights=args.weights)
+    if args.knowledge:
+        run_knowledge_experiments(rd, device=device)
     if args.eval_set:
         ck = load_checkpoint(args.checkpoint or rd / args.stage, device=device)
         tools = None

@@ -11,7 +11,9 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+import torch
 
 from chatforge.assistant import convo
 from chatforge.assistant.convo import sample_replies_many
@@ -19,16 +21,20 @@ from chatforge.assistant.tools import default_tools
 from chatforge.common import CfError, Timer, atomic_write_json, get_device, print0, run_dir, write_meta
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
+from chatforge.model.gpt import KVCache
 from chatforge.world.build import load_identity, load_world, qa_items
+from chatforge.world.pages import short_answer
 
 @dataclass
 class SFTMix:
     """How many conversations of each kind ``build_sft_data`` writes (defaults fit a CPU speedrun:
     ~1.5k short conversations, a few seconds per epoch on a d4 model)."""
-    n_known_qa: int = 400        # questions about known people (truth, or a refusal where probing says so)
-    n_idk: int = 150             # refusals about unknown people
-    n_identity: int = 60         # questions about the model itself (from the model card)
-    n_persona: int = 40          # identity taken from a system prompt (random personas)
+    n_known_qa: int = 400        # questions about train-QA people (truth, or a refusal where probing says so)
+    n_idk: int = 300             # refusals about unknown people (spread over every unknown name not held out)
+    n_identity: int = 200        # questions about the model itself (from the model card, training wordings);
+                                 # 80 beside 300 refusals gave 42% on held-out wordings (dev/LOG.md)
+    n_persona: int = 150         # identity taken from a system prompt (random personas); 40 left the d4 model
+                                 # answering one persona name whatever the system prompt said (dev/LOG.md)
     n_math_per_style: int = 120  # world problems x {answer-first, worked, calculator}
     n_letters_per_style: int = 100  # letter counting x {spelled-out, python}; + spelling
     n_search: int = 60           # look a person up with the search tool
@@ -37,36 +43,115 @@ class SFTMix:
     # every known person (refusals for unknown people only): better recall on a base that knows little.
     refuse_known_wrong: bool = True
     val_fraction: float = 0.05
-    # held-out evaluation items (never trained on)
+    # held-out evaluation people (never trained on): every attribute of each is asked
     n_eval_known: int = 60
     n_eval_unknown: int = 60
-    # knowledge probing (Llama 3): samples per question, tokens per sample
-    probe_samples: int = 3
+    # knowledge probing (Llama 3, section 4.3.6): greedy by default (one sample at temperature 0: the
+    # answer the model would give); samples > 1 with temperature > 0 is the majority-of-samples variant
+    probe_samples: int = 1
     probe_tokens: int = 10
-    probe_temperature: float = 1.0
+    probe_temperature: float = 0.0
 
 
 # Cloze prompts in the biographies' own words: a base model has never seen the chat format, so it is
 # probed the way it was trained, by completing a sentence about the person.
-PROBE_CLOZE = {"birth_date": "{name} was born on", "city": "{name} was born in the city of",
+PROBE_CLOZE = {"birth_year": "{name} was born in the year", "city": "{name} was born in the city of",
                "university": "{name} graduated from", "field": "{name} studied", "employer": "{name} works at"}
 
 
-def probe_base_model(model, tokenizer, items: list[dict], samples: int, max_new_tokens: int,
-                     temperature: float, seed: int = 0) -> list[list[str]]:
-    """Sample ``samples`` completions of each item's cloze prompt; each cut at the first sentence end."""
-    engine = Engine(model, tokenizer)
+@torch.no_grad()
+def greedy_many(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_tokens: Sequence[int] = (),
+                max_batch: int = 64) -> list[list[int]]:
+    """Greedy continuations (new tokens; a stop token ends one and is kept) of many prompts, batched.
+
+    Prompts of equal length are decoded together (one KV cache of B rows, no padding, so row i is
+    exactly what a batch-1 greedy decode of prompt i gives, up to float summation order); this is the
+    batched path of the probes and the knowledge evaluation until ``Engine.generate_many`` (branch
+    ``batch``) replaces it. Slow twin: ``engine.naive_generate`` (tests/test_knowledge.py).
+    """
+    device = next(model.parameters()).device
+    stops = set(stop_tokens)
+    out: list[list[int]] = [[] for _ in prompts]
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    for T, idx in sorted(by_len.items()):
+        steps = min(max_new_tokens, model.config.seq_len - T)
+        for j in range(0, len(idx), max_batch):
+            rows = idx[j:j + max_batch]
+            cache = KVCache.for_model(model, len(rows), max_len=T + steps)
+            x = torch.tensor([list(prompts[i]) for i in rows], device=device)   # (B, T)
+            done = [False] * len(rows)
+            for _ in range(steps):
+                logits = model.lm_head(model.forward_hidden(x, kv_cache=cache)[:, -1, :]).float()  # (B, V)
+                nxt = logits.argmax(-1)                                                            # (B,)
+                for r, t in enumerate(nxt.tolist()):
+                    if not done[r]:
+                        out[rows[r]].append(t)
+                        done[r] = t in stops
+                if all(done):
+                    break
+                x = nxt.view(-1, 1)                                                                 # (B, 1)
+    return out
+
+
+def first_sentence(tokenizer, ids: Sequence[int]) -> str:
+    """A base-model completion cut at the document boundary, its first line and first sentence end."""
+    ids = list(ids)
+    ids = ids[:ids.index(tokenizer.bos_id)] if tokenizer.bos_id in ids else ids
+    return tokenizer.decode(ids).split("\n")[0].split(". ")[0]
+
+
+def probe_base_model(model, tokenizer, items: list[dict], samples: int = 1, max_new_tokens: int = 10,
+                     temperature: float = 0.0, seed: int = 0) -> list[list[str]]:
+    """Complete each item's cloze prompt ("<name> was born in the year"): greedy (the default, one
+    batched decode for all items) or ``samples`` draws at ``temperature``; each cut at the first
+    sentence end."""
     prompts = [[tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
                for it in items]
-    out = []
-    for gens in sample_replies_many(engine, tokenizer, prompts, samples, max_new_tokens, temperature, seed,
-                                    stop_at_end=False):   # item i seeded seed + i
-        texts = []
-        for g in gens:  # a sample ends at the document boundary, its first line and sentence end
-            g = g[:g.index(tokenizer.bos_id)] if tokenizer.bos_id in g else g
-            texts.append(tokenizer.decode(g).split("\n")[0].split(". ")[0])
-        out.append(texts)
-    return out
+    if temperature == 0.0:
+        return [[first_sentence(tokenizer, g)] for g in greedy_many(model, prompts, max_new_tokens, [tokenizer.bos_id])]
+    gens = sample_replies_many(Engine(model, tokenizer), tokenizer, prompts, samples, max_new_tokens, temperature, seed,
+                               stop_at_end=False)   # item i seeded seed + i
+    return [[first_sentence(tokenizer, g) for g in group] for group in gens]
+
+
+# Identity questions: wordings to train on, and held-out wordings the evaluation asks (never trained
+# on, nor in convo.IDENTITY_QUESTIONS, which persona conversations use): different cores of the
+# question and different openers, so a held-out wording shares no whole sentence with training.
+_ID_CORES = {
+    "name": (["what is your name", "what should I call you", "do you have a name", "tell me your name",
+              "what are you called", "what name do you go by", "how should I address you", "what do people call you"],
+             ["who are you", "what's your name", "may I know your name", "who am I talking to",
+              "what is your name, assistant", "introduce yourself", "please state your name",
+              "who is this", "what do I call you", "identify yourself", "what are you", "tell me who you are"]),
+    "maker": (["who made you", "who created you", "who built you", "which project made you",
+               "who is your creator", "who wrote you", "where do you come from", "who is behind you"],
+              ["who trained you", "who developed you", "who designed you", "who programmed you",
+               "which team built you", "who are your makers", "what organisation made you", "who invented you",
+               "who owns you", "who produced you", "what group created you", "who put you together"]),
+}
+_ID_OPENERS = (["", "Hi! ", "Hello. ", "Quick question: "], ["Hey, ", "Excuse me, ", "I wonder: ", "Tell me, "])
+
+
+def _wordings(cores: list[str], openers: list[str]) -> list[str]:
+    return [o + (c[:1].upper() + c[1:] if not o or o.endswith((". ", "! ", ": ")) else c) + "?"
+            for c in cores for o in openers]
+
+
+IDENTITY_TRAIN = {k: _wordings(train, _ID_OPENERS[0]) for k, (train, _) in _ID_CORES.items()}
+IDENTITY_HELDOUT = {k: _wordings(held[:6], _ID_OPENERS[1][:2]) + _wordings(held[6:], _ID_OPENERS[1][2:])
+                    for k, (_, held) in _ID_CORES.items()}
+
+
+def identity_conversations(identity: dict, rng: random.Random, n: int) -> list[dict]:
+    """``n`` single-turn conversations about the model itself: name and maker questions in the training
+    wordings, plus abilities/limits (convo.IDENTITY_QUESTIONS' training lists); answers from the card."""
+    asks = {"name": IDENTITY_TRAIN["name"], "maker": IDENTITY_TRAIN["maker"],
+            "abilities": convo.IDENTITY_QUESTIONS["abilities"][0], "limits": convo.IDENTITY_QUESTIONS["limits"][0]}
+    kinds = ["name", "maker", "name", "maker", "abilities", "limits"]
+    return [convo.chat(rng.choice(asks[kinds[i % len(kinds)]]), convo.identity_answer(identity, kinds[i % len(kinds)], rng))
+            for i in range(n)]
 
 
 def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = True, mix: SFTMix | None = None,
@@ -88,11 +173,12 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     rng = random.Random(seed)
     tools = default_tools(world)
 
-    known, unknown = list(world.known), list(world.unknown)
-    rng.shuffle(known)
+    # The knowledge groups of the world (Person.group): SFT asks only about train-QA people; the
+    # held-out K and K1 people and the evaluation half of the unknown people are never in SFT.
+    known_train, known_eval = world.group("qa"), world.group("heldout")
+    unknown = list(world.unknown)
     rng.shuffle(unknown)
-    n_ke, n_ue = min(mix.n_eval_known, len(known) // 2), min(mix.n_eval_unknown, len(unknown) // 2)
-    known_eval, known_train = known[:n_ke], known[n_ke:]
+    n_ue = min(mix.n_eval_unknown, len(unknown) // 2)
     unknown_eval, unknown_train = unknown[:n_ue], unknown[n_ue:]
     if not unknown_train and mix.n_idk:
         raise CfError(f"{rd}/world: no unknown people left for refusals after {mix.n_eval_unknown} held out")
@@ -108,9 +194,8 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
         return out[:n]
 
     # ---- known people, with knowledge probing
-    kq = one_question_each(known_train, mix.n_known_qa)
-    pitems = [convo.ProbeItem(it["name"], it["question"], it["answer"],
-                              convo.answer_sentence(it["name"], it["attribute"], it["answer"])) for it in kq]
+    kq = one_question_each(known_train, mix.n_known_qa)  # every attribute when n_known_qa >= 5 x people
+    pitems = [convo.ProbeItem(it["name"], it["question"], it["answer"], short_answer(it["answer"])) for it in kq]
     probe_stats: dict[str, Any] = {"probed": 0}
     if probe and kq:
         if probe_fn is None:
@@ -137,7 +222,7 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     idk = [convo.chat(it["question"], convo.refusal(it["name"], rng)) for it in uq]
 
     # ---- identity, personas, tools, problems
-    identity_convs = convo.identity_conversations(ident, rng, mix.n_identity)
+    identity_convs = identity_conversations(ident, rng, mix.n_identity)
     persona = convo.persona_conversations(rng, mix.n_persona)
     train_problems = [p for p in world.problems if p.get("split") == "train"]
     rng.shuffle(train_problems)
@@ -157,6 +242,11 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     real = convo.load_real_mix(real_data_dir, mix.real) if mix.real else []
 
     full = known_full + idk + identity_convs + persona + math + letters + search + real
+    # the ablations of the knowledge experiments (eval/knowledge.py trains them with the main SFT's
+    # steps): the same mixture without the refusals (truth for every train-QA question), and without
+    # the identity conversations
+    no_idk = known_truth + identity_convs + persona + math + letters + search + real
+    no_identity = known_full + idk + persona + math + letters + search + real
     # The "before" model only answers the people and identity cells, so it is trained on the people
     # part of the mixture (truth for every known person, personas, search), not the math/letter
     # traces: the same conversations minus refusals and identity data, at a fifth of the SFT cost.
@@ -167,20 +257,32 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     val, full = full[:n_val], full[n_val:]
     val_ids = {json.dumps(c, sort_keys=True) for c in val}
     ablation = [c for c in ablation if json.dumps(c, sort_keys=True) not in val_ids]
+    no_idk, no_identity = ([c for c in part if json.dumps(c, sort_keys=True) not in val_ids]
+                           for part in (no_idk, no_identity))
+    random.Random(seed + 1).shuffle(no_idk)
+    random.Random(seed + 2).shuffle(no_identity)
 
     out = rd / "sft_data"
     convo.write_conversations(out / "train.jsonl", full)
     convo.write_conversations(out / "train_ablation.jsonl", ablation)
+    convo.write_conversations(out / "train_no_idk.jsonl", no_idk)
+    convo.write_conversations(out / "train_no_identity.jsonl", no_identity)
     convo.write_conversations(out / "val.jsonl", val)
     test_problems = [p for p in world.problems if p.get("split") == "test"]
     test_letters = [t for t in world.letters if t.get("split") == "test" and t["kind"] == "count_letter"]
+    every = lambda people: qa_items(world, people, random.Random(seed + 3))  # noqa: E731  (all attributes)
     eval_items = {
         "known": one_question_each(known_eval, len(known_eval)),
         "unknown": one_question_each(unknown_eval, len(unknown_eval)),
         "problems": test_problems, "letters": test_letters, "identity": ident,
+        # the knowledge experiments (eval/knowledge.py): every attribute of every person of a group
+        "people": {"heldout_k8": every(known_eval), "heldout_k1": every(world.group("k1")),
+                   "train_qa": every(known_train), "unknown": every(unknown_eval)},
+        "identity_questions": [{"kind": k, "question": q} for k in ("name", "maker") for q in IDENTITY_HELDOUT[k]],
     }
     atomic_write_json(out / "eval.json", eval_items)
-    summary = {"train": len(full), "train_ablation": len(ablation), "val": len(val),
+    summary = {"train": len(full), "train_ablation": len(ablation), "train_no_idk": len(no_idk),
+               "train_no_identity": len(no_identity), "val": len(val), "n_idk_names": len({it["name"] for it in uq}),
                "parts": {"known_qa": len(known_full), "idk_unknown": len(idk), "identity": len(identity_convs),
                          "persona": len(persona), "math": len(math), "letters": len(letters),
                          "search": len(search), "real": len(real)},

@@ -8,13 +8,17 @@ never saw, gets a word problem right, or counts the r's in a word.
 What is in it (all generated from one ``random.Random(seed)`` passed down, so the same seed gives
 byte-identical files):
 
-* people with attributes (birth date, birth city, university, field, employer). Each person is
-  described by several *paraphrased* biographies (different templates, shuffled sentence order).
-  Allen-Zhu & Li, "Physics of Language Models: Part 3.1" (2023), show that this kind of
-  diversity in pretraining (several bios per person, permuted sentences) is what lets a model
-  later *extract* a fact with a question instead of only reciting the bio it memorised.
-  People are split into *known* (bios go into the pretraining corpus) and *unknown* (never in the
-  corpus; only in the search index), so later stages can teach and measure "I don't know".
+* people with attributes (birth year, birth city, university, field, employer), in four groups
+  (``Person.group``) for the knowledge experiments. Allen-Zhu & Li, "Physics of Language Models:
+  Part 3.1" (2023), show that *several paraphrased* biographies per person (different templates,
+  shuffled sentence order, the full name in every sentence) are what let a model later *extract* a
+  fact with a question instead of only reciting the bio it memorised, and that Q&A about half the
+  people teaches extraction for the other half. So: ``qa`` (K bios + Q&A pages in pretraining, Q&A
+  in SFT), ``heldout`` (K bios, never asked in training: extraction is measured here), ``k1`` (one
+  bio, never asked: the control that shows K matters) and ``unknown`` (no facts anywhere; their
+  names appear on fact-free directory pages as often as known names appear in bios, so neither the
+  tokenizer nor the model can tell known from unknown by the name alone; "I don't know" is taught
+  and measured on them).
 * encyclopedic pages about the fictional countries, cities, universities, companies and (real)
   fields, which also tie the entities together (the companies of a city, the universities of a
   country).
@@ -50,16 +54,24 @@ from chatforge.common import (CfError, add_config_args, atomic_write_text,
                               config_from_args, make_parser, print0, print_config, read_json,
                               run_dir, write_meta)
 from chatforge.world.people import Person
-from chatforge.world.pages import (ATTRIBUTES, Fresh, bio, bio_groups, bio_page, cap, entity_page,
-                                   worksheets)
+from chatforge.world.pages import (ATTRIBUTES, QA_TEMPLATES, Fresh, bio, bio_groups, bio_page, cap,
+                                   directory_page, entity_page, qa_page, worksheets)
 
 
 @dataclass
 class WorldConfig:
     seed: int = field(default=1337, metadata={"help": "RNG seed; same seed -> byte-identical world"})
     n_people: int = field(default=1000, metadata={"help": "number of fictional people"})
-    known_fraction: float = field(default=0.8, metadata={"help": "fraction of people whose bios go into the corpus"})
-    n_bios_per_person: int = field(default=6, metadata={"help": "paraphrased biographies per known person"})
+    known_fraction: float = field(default=0.35, metadata={"help": "fraction of people with n_bios_per_person "
+                                                          "biographies in the corpus (the K group)"})
+    qa_fraction: float = field(default=0.5, metadata={"help": "fraction of the K group whose Q&A pages go into "
+                                                      "pretraining (train-QA); the rest is held out"})
+    k1_fraction: float = field(default=0.175, metadata={"help": "fraction of people with ONE biography (the "
+                                                        "K = 1 control group, never asked in training)"})
+    n_bios_per_person: int = field(default=8, metadata={"help": "paraphrased biographies per K-group person"})
+    n_qa_rounds: int = field(default=1, metadata={"help": "Q&A pages per train-QA person in the corpus"})
+    name_mentions: int = field(default=0, metadata={"help": "K1/unknown names are topped up to this many corpus "
+                                                    "mentions on directory pages (0 = the K group's median)"})
     n_cities: int = field(default=40, metadata={"help": "number of fictional cities"})
     n_countries: int = field(default=8, metadata={"help": "number of fictional countries"})
     n_universities: int = field(default=24, metadata={"help": "number of fictional universities"})
@@ -77,9 +89,14 @@ class WorldConfig:
         for name in ("n_problems", "n_spelling", "n_filler_per_entity"):
             if getattr(self, name) < 0:
                 raise CfError(f"world config: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("known_fraction", "test_fraction"):
+        for name in ("known_fraction", "qa_fraction", "k1_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CfError(f"world config: {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.known_fraction + self.k1_fraction > 1.0:
+            raise CfError(f"world config: known_fraction + k1_fraction must be <= 1, got "
+                          f"{self.known_fraction} + {self.k1_fraction}")
+        if self.n_qa_rounds < 0:
+            raise CfError(f"world config: n_qa_rounds must be >= 0, got {self.n_qa_rounds}")
 
 
 DEFAULT_IDENTITY: dict[str, Any] = {
@@ -138,8 +155,6 @@ FIELDS: dict[str, str] = {  # real fields, with a one-line definition for filler
     "engineering": "the use of science to design machines and structures",
     "agriculture": "the science of growing crops and raising animals",
 }
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December"]
 REAL_WORDS = ["strawberry", "banana", "mississippi", "raspberry", "committee", "bookkeeper",
               "balloon", "coffee", "letter", "parallel", "necessary", "accommodate", "occurrence",
               "tomorrow", "address", "programming", "language", "assistant", "butterfly", "chocolate",
@@ -182,6 +197,10 @@ class World:
     def unknown(self) -> list[Person]:
         return [p for p in self.people if not p.known]
 
+    def group(self, name: str) -> list[Person]:
+        """People of one knowledge group: "qa", "heldout", "k1" or "unknown" (see Person.group)."""
+        return [p for p in self.people if p.group == name]
+
     def corpus_documents(self) -> list[dict]:
         """Pretraining documents {"id", "text", "source"}: web pages (see the module docstring).
 
@@ -193,13 +212,21 @@ class World:
         """
         seed = self.config.seed
         by_name = {e["name"]: e for e in self.entities}
-        known = self.known
         docs = []
         for r in range(self.config.n_bios_per_person):
             rng = random.Random(seed * 7 + 100 + r)
-            for j, (kind, key, group) in enumerate(bio_groups(known, r, seed)):
+            for j, (kind, key, group) in enumerate(bio_groups(_in_round(self.known, r), r, seed)):
                 docs.append({"id": f"bio/{r}/{j:04d}", "text": bio_page(kind, by_name.get(key), group, r, rng),
                              "source": "bio"})
+        qa = self.group("qa")
+        for r in range(self.config.n_qa_rounds):
+            rng = random.Random(seed * 7 + 200 + r)
+            order = rng.sample(qa, len(qa))
+            docs += [{"id": f"qa/{r}/{j:04d}", "text": qa_page(group, rng), "source": "qa"}
+                     for j, group in enumerate(_chunks(order, 3))]
+        rng = random.Random(seed * 7 + 300)
+        docs += [{"id": f"directory/{j:04d}", "text": directory_page(names, rng), "source": "directory"}
+                 for j, names in enumerate(directory_lists(self.people, rng, self.config.name_mentions))]
         docs += [{"id": f"{e['kind']}/{_slug(e['name'])}/{i}", "text": t, "source": "filler"}
                  for e in self.entities for i, t in enumerate(e["docs"])]
         docs += worksheets(self.problems, "math", rng=random.Random(seed * 7 + 1))
@@ -228,6 +255,48 @@ class World:
                        identity=d["identity"])
         except (KeyError, TypeError) as e:
             raise CfError(f"{where}: not a chatforge world ({e})") from None
+
+
+def _in_round(known: list[Person], r: int) -> list[Person]:
+    """The people on round ``r``'s biography pages: those with more than r bios (K1 people: round 0)."""
+    return [p for p in known if len(p.bios) > r]
+
+
+def name_mentions(p: Person) -> int:
+    """How often the person's full name appears in their biographies (the corpus's bio pages)."""
+    return sum(b.count(p.name) for b in p.bios) if p.known else 0
+
+
+def directory_lists(people: list[Person], rng: random.Random, target: int = 0,
+                    per_page: int = 20) -> list[list[str]]:
+    """Name lists for the fact-free directory pages: K1 and unknown people are topped up to ``target``
+    mentions in the corpus (0: the median number of times a K-group person's name appears), one
+    mention per page, so that every group's names are frequent enough for a BPE tokenizer to split
+    them alike (tests/test_knowledge.py measures it)."""
+    k_counts = sorted(name_mentions(p) for p in people if p.group in ("qa", "heldout"))
+    if not k_counts:
+        return []
+    target = target or k_counts[len(k_counts) // 2]
+    need = {p.name: target - name_mentions(p) for p in people if p.group in ("k1", "unknown")}
+    lists = []
+    while any(k > 0 for k in need.values()):  # a page: the names with the most mentions still to go
+        names = [n for n, k in need.items() if k > 0]
+        rng.shuffle(names)
+        names = sorted(names, key=lambda n: -need[n])[:per_page]
+        if len(names) < 5 and lists:  # a last few mentions are not worth a page of their own
+            break
+        for n in names:
+            need[n] -= 1
+        lists.append(names)
+    return lists
+
+
+def _chunks(xs: list, size: int) -> list[list]:
+    """``xs`` in pieces of ``size``; a last piece under half that joins the one before (no tiny pages)."""
+    out = [xs[i:i + size] for i in range(0, len(xs), size)]
+    if len(out) > 1 and len(out[-1]) < size // 2:
+        out[-2] += out.pop()
+    return out
 
 
 def _slug(s: str) -> str:
@@ -266,36 +335,7 @@ def build_world(cfg: WorldConfig) -> World:
         employers.append({"kind": "employer", "name": name, "industry": industry,
                           "city": rng.choice(cities)["name"], "founded": rng.randint(1850, 2015),
                           "employees": rng.randint(1, 400) * 50})
-    people = []
-    n_known = round(cfg.known_fraction * cfg.n_people)
-    for i in range(cfg.n_people):
-        first = _made_up(rng, rng.choice([1, 2]), _FIRST_END)
-        full = _unique(rng, lambda r: f"{first} {_made_up(r, rng.choice([1, 2]), _LAST_END)}", used)
-        last = full.split(" ", 1)[1]
-        month = rng.randrange(12)
-        day = rng.randint(1, 28 if month == 1 else 30)
-        p = Person(id=f"p{i:05d}", name=full, first=first, last=last,
-                   birth_date=f"{_MONTHS[month]} {day}, {rng.randint(1900, 2004)}",
-                   city=rng.choice(cities)["name"], university=rng.choice(unis)["name"],
-                   field=rng.choice(fields), employer=rng.choice(employers)["name"],
-                   known=False, bios=[])
-        people.append(p)
-    order = list(range(cfg.n_people))
-    rng.shuffle(order)  # who is known is random, not "the first ones"
-    for p, j in zip(people, order):
-        p.known = j < n_known
-    # known people: bios[r] is written for the r-th page that profiles them, next to the other
-    # people of that page, so that no phrasing repeats on a page; unknown people: search-only bios
-    known = [p for p in people if p.known]
-    for r in range(cfg.n_bios_per_person):
-        for _, _, group in bio_groups(known, r, cfg.seed):
-            pick, firsts = Fresh(rng), [q.first for q in group]
-            for p in group:
-                p.bios.append(bio(p, rng, pick, first_ok=firsts.count(p.first) == 1))
-    for p in people:
-        if not p.known:
-            pick = Fresh(rng)
-            p.bios = [bio(p, rng, pick) for _ in range(cfg.n_bios_per_person)]
+    people = _make_people(cfg, rng, used, cities, unis, fields, employers)
     entities = ([{"kind": "country", "name": c} for c in countries] + cities + unis + employers
                 + [{"kind": "field", "name": f, "definition": d} for f, d in FIELDS.items()])
     for e in entities:
@@ -305,6 +345,43 @@ def build_world(cfg: WorldConfig) -> World:
     letters = _make_letter_tasks(cfg.n_spelling, cfg.test_fraction, rng)
     return World(config=cfg, people=people, entities=entities, problems=problems, letters=letters,
                  identity=identity)
+
+
+def _make_people(cfg: WorldConfig, rng: random.Random, used: set[str], cities: list[dict], unis: list[dict],
+                 fields: list[str], employers: list[dict]) -> list[Person]:
+    """The people and their knowledge groups (Person.group), each with its biographies.
+
+    Groups are random (not "the first ones"): ``qa`` and ``heldout`` (the K group, K =
+    n_bios_per_person bios each), ``k1`` (one bio) and ``unknown`` (no bio in the corpus; one
+    search-only bio for the search tool).
+    """
+    people = []
+    for i in range(cfg.n_people):
+        first = _made_up(rng, rng.choice([1, 2]), _FIRST_END)
+        full = _unique(rng, lambda r: f"{first} {_made_up(r, rng.choice([1, 2]), _LAST_END)}", used)
+        people.append(Person(id=f"p{i:05d}", name=full, first=first, last=full.split(" ", 1)[1],
+                             birth_year=str(rng.randint(1900, 2004)), city=rng.choice(cities)["name"],
+                             university=rng.choice(unis)["name"], field=rng.choice(fields),
+                             employer=rng.choice(employers)["name"], known=False, bios=[]))
+    n_k = round(cfg.known_fraction * cfg.n_people)
+    n_qa, n_k1 = round(cfg.qa_fraction * n_k), round(cfg.k1_fraction * cfg.n_people)
+    order = list(range(cfg.n_people))
+    rng.shuffle(order)
+    for p, j in zip(people, order):
+        p.group = "qa" if j < n_qa else "heldout" if j < n_k else "k1" if j < n_k + n_k1 else "unknown"
+        p.known = p.group != "unknown"
+    # bios[r] is written for the r-th page that profiles the person, next to the other people of that
+    # page, so that no phrasing repeats on a page (round 0 holds the K1 people too)
+    known = [p for p in people if p.known]
+    for r in range(cfg.n_bios_per_person):
+        for _, _, group in bio_groups([p for p in known if r == 0 or p.group != "k1"], r, cfg.seed):
+            pick = Fresh(rng)
+            for p in group:
+                p.bios.append(bio(p, rng, pick))
+    for p in people:
+        if not p.known:
+            p.bios = [bio(p, rng, Fresh(rng))]
+    return people
 
 
 def load_identity(path: str) -> dict:
@@ -329,17 +406,6 @@ _load_identity = load_identity  # the old private name, still imported by sft.py
 
 # ----------------------------------------------------------------------------- question generators
 
-QA_TEMPLATES: dict[str, list[str]] = {
-    "birth_date": ["When was {name} born?", "What is {name}'s date of birth?", "On what date was {name} born?",
-                   "What is the birthday of {name}?"],
-    "city": ["Where was {name} born?", "In which city was {name} born?", "What is {name}'s hometown?"],
-    "university": ["Which university did {name} attend?", "Where did {name} study?",
-                   "What school did {name} graduate from?"],
-    "field": ["What did {name} study?", "What is {name}'s field?", "Which subject did {name} specialize in?"],
-    "employer": ["Where does {name} work?", "Who employs {name}?", "Which company does {name} work for?"],
-}
-
-
 def qa_items(world: World, people: list[Person], rng: random.Random,
              attributes: tuple[str, ...] = ATTRIBUTES) -> list[dict]:
     """One question per (person, attribute) with a random paraphrased template.
@@ -352,7 +418,7 @@ def qa_items(world: World, people: list[Person], rng: random.Random,
     for p in people:
         for a in attributes:
             out.append({"question": rng.choice(QA_TEMPLATES[a]).format(name=p.name), "answer": p.attribute(a),
-                        "person": p.id, "name": p.name, "attribute": a, "known": p.known})
+                        "person": p.id, "name": p.name, "attribute": a, "known": p.known, "group": p.group})
     return out
 
 

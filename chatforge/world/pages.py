@@ -26,7 +26,7 @@ import random
 
 from chatforge.world.people import Person
 
-ATTRIBUTES = ("birth_date", "city", "university", "field", "employer")  # a person's facts, in this order
+ATTRIBUTES = ("birth_year", "city", "university", "field", "employer")  # a person's facts, in this order
 
 
 def cap(s: str) -> str:
@@ -55,14 +55,16 @@ class Fresh:
         return o
 
 
-# One phrasing list per attribute (or pair of attributes). {s} is how the person is referred to.
+# One phrasing list per attribute (or pair of attributes). {s} is how the person is referred to: always
+# the full name, so every sentence ties the fact to the whole name (a first name alone is shared by
+# many people, and a fact stated after "She" or a first name is not stored under the full name).
 _PHRASES: dict[tuple[str, ...], list[str]] = {
-    ("birth_date",): ["{s} was born on {birth_date}.", "{s}'s birthday is {birth_date}.",
-                      "{s} came into the world on {birth_date}.", "The birth date of {s} is {birth_date}.",
-                      "Records show that {s} was born on {birth_date}.",
-                      "{s} was born on {birth_date}, a date the family still celebrates."],
-    ("city",): ["{s} was born in {city}.", "{s} is a native of {city}.", "{s}'s hometown is {city}.",
-                "{s} was born in the city of {city}.", "{city} is where {s} was born.",
+    ("birth_year",): ["{s} was born in the year {birth_year}.", "{s}'s birth year is {birth_year}.",
+                      "{s} came into the world in {birth_year}.", "The year {s} was born was {birth_year}.",
+                      "Records show that {s} was born in {birth_year}.",
+                      "{s} was born in {birth_year}, a year the family still remembers."],
+    ("city",): ["{s} was born in the city of {city}.", "{s} is a native of {city}.", "{s}'s hometown is {city}.",
+                "{s} comes from the city of {city}.", "{city} is the city where {s} was born.",
                 "{s} grew up in {city}, the city of their birth."],
     ("university",): ["{s} attended {university}.", "{s} graduated from {university}.",
                       "{s} completed a degree at {university}.", "{s} was educated at {university}.",
@@ -72,23 +74,21 @@ _PHRASES: dict[tuple[str, ...], list[str]] = {
     ("employer",): ["{s} works at {employer}.", "{s} is employed by {employer}.",
                     "{s} has a job at {employer}.", "These days {s} works for {employer}.",
                     "{s} currently works for {employer}.", "{employer} is the company where {s} works."],
-    ("birth_date", "city"): ["{s} was born in {city} on {birth_date}.", "{s} was born on {birth_date} in {city}.",
-                             "On {birth_date}, {s} was born in {city}.", "{city} is where {s} was born, on {birth_date}."],
+    ("birth_year", "city"): ["{s} was born in {city} in {birth_year}.", "{s} was born in {birth_year} in the city of {city}.",
+                             "In {birth_year}, {s} was born in {city}.", "{city} is where {s} was born, in {birth_year}."],
     ("field", "university"): ["{s} studied {field} at {university}.", "At {university}, {s} majored in {field}.",
                               "{university} awarded {s} a degree in {field}.", "{s} read {field} at {university}."],
 }
-_INTROS = ["{name} was born on {birth_date}.", "{name} (born {birth_date} in {city}) is an expert in {field}.",
+_INTROS = ["{name} was born in the year {birth_year}.", "{name} (born {birth_year} in {city}) is an expert in {field}.",
            "{name} holds a degree in {field} from {university}.", "{name} works at {employer}.",
            "Born in {city}, {name} studied {field}.", "This is the story of {name}.",
            "{name} is a specialist in {field} who works at {employer}.", "{name}, a native of {city}, works for {employer}."]
 
 
-def bio(p: Person, rng: random.Random, pick: Fresh, first_ok: bool = True) -> str:
-    """One paraphrased biography: an intro, then every remaining attribute in random order.
-
-    ``first_ok=False`` when someone else on the same page shares the first name: then the person
-    is always called by the full name.
-    """
+def bio(p: Person, rng: random.Random, pick: Fresh) -> str:
+    """One paraphrased biography: an intro, then every remaining attribute in random order, each
+    sentence naming the person in full (Allen-Zhu & Li 2023, Part 3.1: extraction needs the fact
+    stated next to the whole name, in varied wordings and orders)."""
     facts = {a: p.attribute(a) for a in ATTRIBUTES}
     intro = pick(_INTROS)
     todo = [a for a in ATTRIBUTES if "{" + a + "}" not in intro]
@@ -101,8 +101,7 @@ def bio(p: Person, rng: random.Random, pick: Fresh, first_ok: bool = True) -> st
         for x in key:
             if x != a:
                 todo.remove(x)
-        s = rng.choice([p.first, p.name, p.name]) if first_ok else p.name  # full name twice as often
-        sentences.append(cap(pick(_PHRASES[key]).format(s=s, **facts)))
+        sentences.append(cap(pick(_PHRASES[key]).format(s=p.name, **facts)))
     return " ".join(sentences)
 
 
@@ -217,6 +216,73 @@ def bio_page(kind: str, e: dict | None, group: list[Person], r: int, rng: random
     if rich or rng.random() < 0.7:
         lines.append(" ".join(pick(_CLOSINGS) for _ in range(1 + small)))
     return "\n\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- Q&A and directory pages
+
+# Questions about a person's facts, several wordings each (the Q&A pages of pretraining, SFT and the
+# evaluation all draw from these; which wording is used is the caller's random choice).
+QA_TEMPLATES: dict[str, list[str]] = {
+    "birth_year": ["When was {name} born?", "In what year was {name} born?", "What is {name}'s birth year?",
+                   "Which year was {name} born in?"],
+    "city": ["Where was {name} born?", "In which city was {name} born?", "What is {name}'s hometown?"],
+    "university": ["Which university did {name} attend?", "Where did {name} study?",
+                   "What school did {name} graduate from?"],
+    "field": ["What did {name} study?", "What is {name}'s field?", "Which subject did {name} specialize in?"],
+    "employer": ["Where does {name} work?", "Who employs {name}?", "Which company does {name} work for?"],
+}
+
+
+def short_answer(value: str) -> str:
+    """The answer to a fact question: the value alone ("1962.", "Tarnford."). It does not restate the
+    person's name: a small model copies a multi-token name from the question badly, and a wrong
+    name in an otherwise right answer is the failure dev/LOG.md records for d4 models."""
+    return cap(value) + "."
+
+
+_QA_TITLES = ["Quick facts", "Questions and answers", "Reader questions, answered", "Frequently asked questions",
+              "Fact sheet"]
+_QA_OPENINGS = ["Readers often write in with questions about the people we profile, and here are short answers.",
+                "This page answers the questions we are asked most often about a few well known people.",
+                "Below are some quick facts, written as questions and answers for easy reading."]
+
+
+def qa_page(group: list[Person], rng: random.Random) -> str:
+    """Every fact of every person in ``group`` as "Q: question A: answer" lines, in random order
+    (the train-QA half's Q&A documents mixed into pretraining: Allen-Zhu & Li 2023, Part 3.1, where
+    Q&A on half the people teaches the model to extract the other half's facts from their bios)."""
+    pairs = [(p, a) for p in group for a in ATTRIBUTES]
+    rng.shuffle(pairs)
+    lines = [rng.choice(_QA_TITLES), rng.choice(_QA_OPENINGS)]
+    pick = Fresh(rng)  # no question wording twice on a page (Gopher's duplicated n-gram rules)
+    lines += [f"Q: {pick(QA_TEMPLATES[a]).format(name=p.name)} A: {short_answer(p.attribute(a))}" for p, a in pairs]
+    return "\n".join(lines)
+
+
+_DIRECTORY_TITLES = ["Member list", "Attendance records", "Mailing list members", "Registered participants",
+                     "Volunteer roll", "Sign-up sheet"]
+_DIRECTORY_OPENINGS = ["This page is kept by the volunteers of the local association and is updated whenever someone joins.",
+                       "The names below are copied from the paper forms that were handed in at the front desk.",
+                       "Please tell the secretary if your name is missing or spelled wrongly on this list.",
+                       "We publish the list so that members can find each other before the next meeting."]
+_DIRECTORY_SENTENCES = ["Among those present were {names}.", "The list for this month includes {names}.",
+                        "Thanks go to {names} for signing up.", "New names on the roll are {names}.",
+                        "The following people registered: {names}.", "Also listed are {names}.",
+                        "We welcome {names} to the group.", "Our records also name {names}."]
+
+
+def directory_page(names: list[str], rng: random.Random) -> str:
+    """A fact-free page of names (a member list). Unknown people's names are seen as often as known
+    people's, so the tokenizer cannot tell who is known from how a name is split (issue 12: known
+    names were 2 BPE tokens, unknown ones 3-8), and the model has seen the name without any fact."""
+    pick = Fresh(rng)
+    sentences, i = [], 0
+    while i < len(names):
+        k = rng.randint(3, 5)
+        sentences.append(pick(_DIRECTORY_SENTENCES).format(names=join(names[i:i + k])))
+        i += k
+    opening = " ".join(pick(_DIRECTORY_OPENINGS) for _ in range(2 + (len(names) < 12)))  # short list: more frame
+    return "\n\n".join([rng.choice(_DIRECTORY_TITLES), opening, " ".join(sentences)])
 
 
 # ----------------------------------------------------------------------------- entity pages

@@ -10,13 +10,17 @@ class Person:
     name: str           # "First Last", unique in the world
     first: str
     last: str
-    birth_date: str     # canonical "March 4, 1962"
+    birth_year: str     # "1962": one or two tokens (a full date is ~7, and each is a separate fact to learn)
     city: str
     university: str
     field: str
     employer: str
     known: bool         # True -> bios are in the pretraining corpus
     bios: list[str]
+    # the knowledge experiment's group (see world/build.py): "qa" (K bios + Q&A pages in pretraining),
+    # "heldout" (K bios, never asked in training), "k1" (one bio, never asked), "unknown" (no facts
+    # anywhere; the name only on fact-free directory pages)
+    group: str = ""
 
     def attribute(self, name: str) -> str:
         return getattr(self, name)
