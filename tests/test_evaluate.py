@@ -141,10 +141,10 @@ def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
     assert (rd / "sft_ablation").is_dir() and (rd / "sft" / "experiments.json").exists()
     for key in ("known_acc_with", "known_acc_without", "hallucination_with", "hallucination_without",
                 "chain_direct", "chain_worked", "chain_tool", "math_direct", "math_worked", "math_tool",
-                "letters_direct", "letters_tool",
+                "letters_direct", "letters_spelled", "letters_python",
                 "identity_with", "identity_without", "identity_sysprompt"):
         assert m[key]["n"] == 2 and 0 <= m[key]["lo"] <= m[key]["hi"] <= 1, key
-    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 18
+    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 19
 
 
 def test_eval_cli_errors(tmp_path):
