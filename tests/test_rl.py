@@ -203,6 +203,12 @@ def test_speedrun_stages_smoke(tmp_path):
     res = json.loads((tmp_path / "run" / "results.json").read_text())["rl"]
     assert set(res["conditions"]) == {"sft", "grpo", "control"} and res["conditions"]["sft"]["n"] == 3
     assert set(res["diffs"]) == {"grpo - sft", "control - sft"} and len(res["curves"]["control"]) == 2
+    md, m = experiments.run_preference_stage(tmp_path / "run", n_prompts=8, n_own=4, n_bon=3, ns=(1, 2, 4),
+                                             max_new_tokens=12, eval_problems=3, eval_k=2, rm_epochs=1)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res["best_of_n"]["conditions"]) == {f"{s}_{n}" for s in ("checker", "rm", "majority") for n in (1, 2, 4)}
+    assert set(res["best_of_n"]["gold"]) == {"checker", "rm", "majority"} and "sft" in res["dpo"]["conditions"]
+    assert (tmp_path / "run" / "report" / "best_of_n.png").exists() and "Best-of-N" in md
     md, m = experiments.run_rlhf_stage(tmp_path / "run", budget_s=4, n_pairs=40, n_test=3, ns=(1, 2), max_new_tokens=6,
                               ei_problems=3, ei_steps=2)
     assert "best-of-N (RM)" in md and len(m["search"]) == 2
