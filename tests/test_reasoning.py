@@ -2,7 +2,7 @@
 import json
 import re
 
-from assistant_helpers import tiny_run, tiny_tokenizer, tiny_world
+from assistant_helpers import tiny_sft_run, tiny_tokenizer, tiny_world
 
 from chatforge.assistant.tools import calculate
 from chatforge.eval import reasoning as rs
@@ -51,13 +51,8 @@ def test_oracle_scores_everything_and_the_prior_is_the_train_mode():
 
 
 def test_run_reasoning_experiments_writes_results_and_plot(tmp_path):
-    from chatforge.train.sft import SFTConfig, sft
-    from chatforge.train.sft_data import SFTMix, build_sft_data
-    rd, _, _, _ = tiny_run(tmp_path)
-    mix = SFTMix(n_known_qa=4, n_idk=2, n_identity=2, n_persona=2, n_math_per_style=3, n_letters_per_style=2,
-                 n_search=2, n_eval_known=2, n_eval_unknown=2)
-    build_sft_data(rd, mix=mix, probe=False)
-    sft(SFTConfig(run=str(rd), max_steps=1, batch_size=4, device="cpu"))
+    rd, _, _ = tiny_sft_run(tmp_path, steps=1, batch_size=4, n_known_qa=4, n_idk=2, n_identity=2, n_persona=2,
+                            n_math_per_style=3, n_letters_per_style=2, n_search=2, n_eval_known=2, n_eval_unknown=2)
     md = rs.run_reasoning_experiments(rd, device="cpu", n=2, n_letters=4)
     res = json.loads((rd / "results.json").read_text())
     assert {"thinking", "tools", "letters"} <= set(res)
