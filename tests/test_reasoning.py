@@ -15,7 +15,10 @@ class OracleEngine:
     def __init__(self, tok):
         self.tok = tok
 
-    def generate_batch(self, prompt, num_samples=1, **kw):
+    def generate_many(self, prompts, max_new_tokens, temperature=0.0, num_samples=1, **kw):
+        return [self.reply(p) for p in prompts for _ in range(num_samples)]
+
+    def reply(self, prompt):
         q = self.tok.decode(prompt)
         m = re.search(r"'(\w+)'", q)
         if "backwards" in q or "reverse" in q:
@@ -26,8 +29,7 @@ class OracleEngine:
         else:
             expr = re.search(r"([\d(][\d+\-*/() ]+\d\)?)", q).group(1)
             reply = f"The answer is {calculate(expr.replace(' ', ''))}."
-        ids = self.tok.encode(reply) + [self.tok.special("<|assistant_end|>")]
-        return [ids] * num_samples, [[1] * len(ids)] * num_samples
+        return self.tok.encode(reply) + [self.tok.special("<|assistant_end|>")]
 
 
 def test_oracle_scores_everything_and_the_prior_is_the_train_mode():

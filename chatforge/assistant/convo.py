@@ -514,21 +514,6 @@ def sample_replies_many(engine, tokenizer, prompts: list[list[int]], n: int = 1,
     return out
 
 
-def sample_replies_many(engine, tokenizer, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 64,
-                        temperature: float = 0.0, seed: int = 0, top_k: int | None = None,
-                        stop_at_end: bool = True) -> list[list[list[int]]]:
-    """``n`` continuations of each prompt (prompt i seeded ``seed + i``): a list of n new-token lists
-    per prompt. One batched ``engine.generate_many`` call where the engine has it (branch ``batch``),
-    else prompt by prompt with ``sample_replies`` (the same seeds, so the same replies)."""
-    if not hasattr(engine, "generate_many"):
-        return [sample_replies(engine, tokenizer, p, n, max_new_tokens, temperature, seed + i, top_k, stop_at_end)
-                for i, p in enumerate(prompts)]
-    stops = [tokenizer.special("<|assistant_end|>"), tokenizer.bos_id] if stop_at_end else None
-    seqs = engine.generate_many(prompts, max_new_tokens, temperature, top_k=top_k, seed=seed, num_samples=n,
-                                stop_tokens=stops)
-    return [[list(s) for s in seqs[i * n:(i + 1) * n]] for i in range(len(prompts))]
-
-
 def ask(engine, tokenizer, conv: Conversation, n: int = 1, max_new_tokens: int = 64, temperature: float = 0.0,
         seed: int = 0) -> list[str]:
     """The assistant's text replies to ``conv`` (which ends with a user message)."""
