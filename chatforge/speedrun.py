@@ -31,7 +31,8 @@ from chatforge.eval.knowledge import run_knowledge_experiments
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.report import marked_section, md_table, Report
-from chatforge.rl.experiments import run_rl_stage, run_rlhf_stage
+from chatforge.eval.reasoning import run_reasoning_experiments
+from chatforge.rl.experiments import run_preference_stage, run_rl_stage, run_rlhf_stage
 from chatforge.tokenizer.tokenizer import Tokenizer, train_tokenizer
 from chatforge.train.pretrain import pretrain, PretrainConfig
 from chatforge.train.sft import sft, SFTConfig
@@ -64,17 +65,19 @@ class SpeedrunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
                  depth=2, seq_len=256, batch=8, pretrain_steps=60, sft_steps=40, rl_steps=3,
-                 sft_math=120, sft_letters=100, rl_group=4, n_eval=20, n_eval_rl=10, n_arena=2, extractor="resiliparse"),
+                 sft_math=120, sft_letters=100, rl_group=4, n_eval=20, n_eval_rl=10, n_arena=2, n_reason=10,
+                 bon_prompts=0, extractor="resiliparse"),
     # people: 20 train-QA + 20 held-out with 24 bios, 20 with one bio, 160 unknown (100 for refusal
-    # training, 60 held out); steps sized for ~200 s of fp32 pretraining and 3 SFTs (main + 2
-    # ablations) in ~120 s on a 2-core EPYC (dev/LOG.md, "Knowledge world sizing")
+    # training, 60 held out); sized for a 2-core EPYC in fp32 (dev/LOG.md, "Knowledge world sizing")
     "default": dict(n_people=220, n_bios=24, known_fraction=0.182, k1_fraction=0.091, name_mentions=12,
                     n_problems=3000, n_spelling=1500, n_filler=2, vocab_size=4096,
-                    depth=4, seq_len=256, batch=16, pretrain_steps=100, sft_steps=130, rl_steps=15,
-                    sft_math=600, sft_letters=400, rl_group=8, n_eval=100, n_eval_rl=40, n_arena=10, extractor="resiliparse"),
+                    depth=4, seq_len=256, batch=16, pretrain_steps=120, sft_steps=160, rl_steps=20,
+                    sft_math=600, sft_letters=400, rl_group=8, n_eval=100, n_eval_rl=300, n_arena=10, n_reason=100,
+                    bon_prompts=200, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
                  depth=6, seq_len=512, batch=16, pretrain_steps=3000, sft_steps=1500, rl_steps=300,
-                 sft_math=1500, sft_letters=1000, rl_group=16, n_eval=300, n_eval_rl=200, n_arena=30, extractor="trafilatura"),
+                 sft_math=1500, sft_letters=1000, rl_group=16, n_eval=300, n_eval_rl=400, n_arena=30, n_reason=100,
+                 bon_prompts=200, extractor="trafilatura"),
 }
 
 STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf", "arena"]
@@ -263,14 +266,20 @@ def stage_sft(ctx: dict, report: Report) -> None:
     ctx["sft_metrics"] = metrics
     report.add("sft", md)
     report.add("knowledge", run_knowledge_experiments(rd, device=cfg.device))
+    report.add("reasoning", run_reasoning_experiments(rd, device=cfg.device, n=p["n_reason"],
+                                                      n_letters=4 * p["n_reason"]))
 
 
 def stage_rl(ctx: dict, report: Report) -> None:
     p = ctx["preset"]
     cfg = ctx["cfg"]
-    md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], budget_s=cfg.rl_seconds, device=get_device(cfg.device),
-                               eval_problems=p["n_eval_rl"], control=True, group_size=p["rl_group"], dtype=cfg.dtype)
+    device = get_device(cfg.device)
+    md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], budget_s=cfg.rl_seconds, device=device,
+                               eval_problems=p["n_eval_rl"], group_size=p["rl_group"], dtype=cfg.dtype)
     report.add("rl", md)
+    if p["bon_prompts"]:  # preferences: RM on the SFT model's own replies, best-of-N, DPO
+        md, _ = run_preference_stage(ctx["rd"], device=device, n_bon=p["bon_prompts"], eval_problems=p["n_eval_rl"])
+        report.add("preferences", md)
 
 
 def stage_rlhf(ctx: dict, report: Report) -> None:

@@ -49,3 +49,13 @@ def tiny_run(tmp_path: Path, name: str = "run"):
     model = tiny_model(tok)
     save_checkpoint(rd / "base", 0, model, tok, {"note": "tiny test base"})
     return rd, world, tok, model
+
+
+def tiny_sft_run(tmp_path: Path, steps: int = 2, batch_size: int = 8, **mix):
+    """``tiny_run`` plus SFT data (no probing) and a few SFT steps: a run with ``<run>/sft``."""
+    from chatforge.train.sft import SFTConfig, sft
+    from chatforge.train.sft_data import SFTMix, build_sft_data
+    rd, world, tok, _ = tiny_run(tmp_path)
+    build_sft_data(rd, mix=SFTMix(**mix), probe=False)
+    sft(SFTConfig(run=str(rd), max_steps=steps, batch_size=batch_size, device="cpu"))
+    return rd, world, tok

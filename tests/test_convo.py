@@ -109,8 +109,21 @@ def test_world_style_builders():
     assert convo.assistant_text(convo.math_conversation(prob, "direct")) == "The answer is 20."
     task = {"kind": "count_letter", "question": "How many r's are in the word berry?", "word": "berry",
             "letter": "r", "solution": "b-e-r-r-y: 2 times.", "answer": 2}
-    lt = convo.letter_conversation(task, "tool")
+    lt = convo.letter_conversation(task, "python")
     assert lt["messages"][1]["content"][0]["input"] == "print('berry'.count('r'))"
+    assert convo.assistant_text(convo.letter_conversation(task, "direct")) == "The answer is 2."  # nothing spelled
+    assert "b-e-r-r-y" in convo.assistant_text(convo.letter_conversation(task, "spelled"))
+    back = {"kind": "spell_backwards", "question": "Spell 'berry' backwards.", "word": "berry",
+            "solution": "Forwards: b-e-r-r-y. Backwards: y-r-r-e-b.", "answer": "y-r-r-e-b"}
+    code = convo.letter_conversation(back, "python")["messages"][1]["content"][0]["input"]
+    out = {}
+    exec(code.replace("print(", "out['x']=("), {"out": out})
+    assert out["x"] == "y-r-r-e-b"
+    chain = {"kind": "chain", "question": "What is 7+5-3?", "steps": ["7+5=12", "12-3=9"], "expression": "7+5-3",
+             "solution": "7+5=12. 12-3=9.", "answer": 9}
+    calls = [p["input"] for p in convo.math_conversation(chain, "tool")["messages"][1]["content"]
+             if p["type"] == "tool_call"]
+    assert calls == ["7+5-3"]  # a chain is copied into one call
     ident = {"name": "Forge", "maker": "the chatforge project", "description": "a bot", "abilities": ["math"],
              "limitations": ["small"]}
     for c in convo.identity_conversations(ident, random.Random(0), 8) + convo.persona_conversations(random.Random(0), 4):

@@ -81,7 +81,7 @@ def test_mc_loader_errors(tmp_path):
 
 import torch  # noqa: E402
 
-from assistant_helpers import tm, tiny_model, tiny_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
+from assistant_helpers import tm, tiny_model, tiny_run, tiny_sft_run, tiny_tokenizer, tiny_world  # noqa: E402,F401
 
 
 
@@ -130,21 +130,16 @@ def test_gsm8k_exact_match(tm):
 
 
 def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
-    from chatforge.train.sft import SFTConfig, sft
-    from chatforge.train.sft_data import SFTMix, build_sft_data
-    rd, _, _, _ = tiny_run(tmp_path)
-    mix = SFTMix(n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=3, n_letters_per_style=2,
-                 n_search=2, n_eval_known=4, n_eval_unknown=4)
-    build_sft_data(rd, mix=mix, probe=False)
-    sft(SFTConfig(run=str(rd), max_steps=2, batch_size=8, device="cpu"))
+    rd, _, _ = tiny_sft_run(tmp_path, n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=3,
+                            n_letters_per_style=2, n_search=2, n_eval_known=4, n_eval_unknown=4)
     md, m = ev.run_experiments(rd, n_eval=2, device="cpu", max_new_tokens=6)
     assert (rd / "sft_ablation").is_dir() and (rd / "sft" / "experiments.json").exists()
     for key in ("known_acc_with", "known_acc_without", "hallucination_with", "hallucination_without",
                 "chain_direct", "chain_worked", "chain_tool", "math_direct", "math_worked", "math_tool",
-                "letters_direct", "letters_tool",
+                "letters_direct", "letters_spelled", "letters_python",
                 "identity_with", "identity_without", "identity_sysprompt"):
         assert m[key]["n"] == 2 and 0 <= m[key]["lo"] <= m[key]["hi"] <= 1, key
-    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 18
+    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 19
 
 
 def test_eval_cli_errors(tmp_path):

@@ -3,6 +3,8 @@ and bad input (raising rewards, policy/reference mismatch, no checkpoint overwri
 from __future__ import annotations
 
 import dataclasses
+import json
+import random
 
 from itertools import combinations
 from pathlib import Path
@@ -194,12 +196,51 @@ def test_speedrun_stages_smoke(tmp_path):
     return markdown + metrics (quality is measured in dev/LOG.md, not here)."""
     tok = ByteTokenizer()
     _save(tmp_path / "run", tiny_gpt(seq_len=256), tok, "sft")
-    md, m = experiments.run_rl_stage(tmp_path / "run", budget_s=3, eval_problems=3, eval_k=2, prompts_per_step=2,
-                            group_size=2, max_new_tokens=6)
-    assert "GRPO (after)" in md and (tmp_path / "run" / "report" / "rl_reward.png").exists()
-    assert m["rl_steps"] >= 1 and Path(m["rl_checkpoint"]).exists()
+    md, m = experiments.run_rl_stage(tmp_path / "run", steps=2, eval_problems=3, eval_k=2, prompts_per_step=2,
+                                     group_size=2, max_new_tokens=6)
+    assert "shuffled-reward control" in md and (tmp_path / "run" / "report" / "rl_reward.png").exists()
+    assert m["rl_steps"] == 2 and Path(m["rl_checkpoint"]).exists()
+    res = json.loads((tmp_path / "run" / "results.json").read_text())["rl"]
+    assert set(res["conditions"]) == {"sft", "grpo", "control"} and res["conditions"]["sft"]["n"] == 3
+    assert set(res["diffs"]) == {"grpo - sft", "control - sft"} and len(res["curves"]["control"]) == 2
+    md, m = experiments.run_preference_stage(tmp_path / "run", n_prompts=8, n_own=4, n_bon=3, ns=(1, 2, 4),
+                                             max_new_tokens=12, eval_problems=3, eval_k=2, rm_epochs=1)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res["best_of_n"]["conditions"]) == {f"{s}_{n}" for s in ("checker", "rm", "majority") for n in (1, 2, 4)}
+    assert set(res["best_of_n"]["gold"]) == {"checker", "rm", "majority"} and "sft" in res["dpo"]["conditions"]
+    assert (tmp_path / "run" / "report" / "best_of_n.png").exists() and "Best-of-N" in md
     md, m = experiments.run_rlhf_stage(tmp_path / "run", budget_s=4, n_pairs=40, n_test=3, ns=(1, 2), max_new_tokens=6,
                               ei_problems=3, ei_steps=2)
     assert "best-of-N (RM)" in md and len(m["search"]) == 2
     assert (tmp_path / "run" / "report" / "rlhf_overoptimization.png").exists()
     assert (tmp_path / "run" / "rm").exists() and (tmp_path / "run" / "rlhf").exists()
+
+
+def _bandit(reward_kind: str, steps: int = 100, G: int = 8, seed: int = 0) -> float:
+    """GRPO on a two-armed Bernoulli bandit (arm 0 pays with p=0.8, arm 1 with p=0.2): a softmax policy
+    over two logits, G pulls per step, group advantages and the GRPO loss of grpo.py. Returns
+    P(better arm) at the end. ``shuffled``: the control, each group's rewards permuted."""
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    logits = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=0.2)
+    for _ in range(steps):
+        probs = torch.softmax(logits, 0)
+        arms = torch.multinomial(probs.detach(), G, replacement=True, generator=g)  # (G,)
+        rewards = [float(rng.random() < (0.8 if a == 0 else 0.2)) for a in arms.tolist()]
+        if reward_kind == "shuffled":
+            rewards = rl.shuffle_within_groups(rewards, G, rng)
+        adv = rl.group_advantages(torch.tensor(rewards).view(1, G)).view(G)
+        logp = torch.log_softmax(logits, 0)[arms].view(G, 1)  # (B=G, T=1)
+        loss, _ = rl.grpo_loss(logp, logp.detach(), None, adv, torch.ones(G, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(torch.softmax(logits.detach(), 0)[0])
+
+
+def test_grpo_bandit_converges_to_the_better_arm_and_the_shuffled_control_does_not():
+    grpo = [_bandit("rule", seed=s) for s in range(6)]
+    control = [_bandit("shuffled", seed=s) for s in range(6)]  # a random walk with no drift
+    assert min(grpo) > 0.9, grpo
+    assert max(control) < 0.9 and 0.3 < sum(control) / len(control) < 0.7, control

@@ -40,3 +40,25 @@ def test_search_table_equal_budget():
         assert r["sample"] <= r["bon_oracle"] and r["majority"] <= r["bon_oracle"]
     with pytest.raises(CfError, match="N=8"):
         S.search_table(samples, probs, [8])
+
+
+def test_best_of_n_with_a_perfect_checker_is_monotone_in_n():
+    """The checker picks a correct candidate whenever one of the first N is: accuracy never falls as N
+    grows (same candidates for every N); the RM and majority selectors carry no such guarantee."""
+    import random as _random
+    from chatforge.rl.search import bon_outcomes
+    rng = _random.Random(0)
+    P, ns = 50, [1, 2, 4, 8, 16]
+    correct = [[rng.random() < 0.2 for _ in range(16)] for _ in range(P)]
+    gold = [[2.0 * c - 0.05 * rng.randint(5, 30) for c in cs] for cs in correct]
+    scores = [[rng.random() for _ in range(16)] for _ in range(P)]
+    answers = [[str(rng.randint(0, 3)) for _ in range(16)] for _ in range(P)]
+    outs = bon_outcomes(ns, correct, gold, scores, answers)
+    acc = [sum(outs["checker"][N]["correct"]) for N in ns]
+    assert acc == sorted(acc) and acc[-1] > acc[0]
+    assert acc[-1] == sum(any(cs) for cs in correct)  # at N=16 the checker finds every solvable prompt
+    assert outs["rm"][1]["correct"] == outs["checker"][1]["correct"]  # N=1: every selector takes the one sample
+    # the RM picks its highest score: with scores equal to the gold score it is a perfect judge of gold
+    perfect = bon_outcomes(ns, correct, gold, gold, answers)["rm"]
+    g = [sum(perfect[N]["gold"]) for N in ns]
+    assert g == sorted(g)

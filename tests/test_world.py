@@ -7,8 +7,8 @@ import pytest
 
 from chatforge.common import CfError
 from chatforge.assistant.tools import calculate
-from chatforge.world.build import (ATTRIBUTES, World, WorldConfig, build_world, load_world, qa_items,
-                             write_world)
+from chatforge.world.build import (ATTRIBUTES, CHAIN_STEPS, LETTER_COUNTS, World, WorldConfig, build_world,
+                                   load_world, qa_items, write_world)
 
 SMALL = dict(n_people=60, known_fraction=0.75, n_bios_per_person=3, n_cities=6, n_countries=2,
              n_universities=4, n_employers=5, n_filler_per_entity=2, n_problems=300, n_spelling=200)
@@ -46,9 +46,11 @@ def test_sizes_respected(world):
     assert len({p.name for p in world.people}) == cfg.n_people  # names are unique
     assert 0.9 * cfg.n_problems <= len(world.problems) <= cfg.n_problems  # minus exact duplicates
     assert 0.5 * cfg.n_spelling <= len(world.letters) <= cfg.n_spelling
-    for items in (world.problems, world.letters):
-        n_test = sum(it["split"] == "test" for it in items)
-        assert n_test == round(cfg.test_fraction * len(items))
+    other = [it for it in world.problems if it["kind"] != "chain"]
+    assert sum(it["split"] == "test" for it in other) == round(cfg.test_fraction * len(other))
+    for k in CHAIN_STEPS:  # chains: a fixed number held out per length (at most half of them)
+        chains = [it for it in world.problems if it["kind"] == "chain" and len(it["steps"]) == k]
+        assert sum(it["split"] == "test" for it in chains) == min(cfg.chain_test_per_length, len(chains) // 2) > 0
     kinds = {e["kind"] for e in world.entities}
     assert kinds == {"country", "city", "university", "employer", "field"}
 
@@ -93,8 +95,28 @@ def test_problem_answers_recompute(world):
     for it in world.letters:
         if it["kind"] == "count_letter":
             assert it["word"].count(it["letter"]) == it["answer"]
+        elif it["kind"] == "spell_backwards":
+            assert it["answer"] == "-".join(reversed(it["word"]))
         else:
             assert it["answer"] == "-".join(it["word"])
+
+
+def test_held_out_chains_never_repeat_a_training_expression():
+    """A test chain asked in other words is still a training chain: the split deduplicates by expression."""
+    w = build_world(WorldConfig(seed=3, **{**SMALL, "n_problems": 2000}))
+    train = {p["expression"] for p in w.problems if p["split"] == "train"}
+    test = [p for p in w.problems if p["split"] == "test"]
+    assert test and not any(p["expression"] in train for p in test)
+    assert {len(p["steps"]) for p in test if p["kind"] == "chain"} == set(CHAIN_STEPS)
+
+
+def test_letter_counts_are_uniform_on_the_test_split():
+    """The count is drawn first, so 'always answer 1' scores 25%, not the 63% of drawing the letter from the word."""
+    w = build_world(WorldConfig(seed=3, **{**SMALL, "n_spelling": 1000, "letter_test": 200}))
+    test = [t for t in w.letters if t["split"] == "test" and t["kind"] == "count_letter"]
+    assert sorted(t["answer"] for t in test) == sorted(list(LETTER_COUNTS) * 50)
+    train = [t for t in w.letters if t["split"] == "train" and t["kind"] == "count_letter"]
+    assert {(t["word"], t["letter"]) for t in test}.isdisjoint((t["word"], t["letter"]) for t in train)
 
 
 def test_test_split_never_in_corpus(world):

@@ -319,7 +319,9 @@ def answer_sentence(name: str, attribute: str, value: str) -> str:
 # every style): answer-first, worked solution, or the tool.
 MATH_STYLES = {"direct": " Answer with just the number.", "worked": " Show your work.",
                "tool": " Use the calculator."}
-LETTER_STYLES = {"direct": "", "tool": " Use python."}
+# Letter counting and spelling backwards: the answer alone (a true direct style: no letters written
+# out before it), the word spelled out letter by letter first, or a python program.
+LETTER_STYLES = {"direct": " Answer only.", "spelled": " Spell it out.", "python": " Use python."}
 
 
 def _tool(tools: Any, name: str, inp: str, fallback: str) -> str:
@@ -327,6 +329,15 @@ def _tool(tools: Any, name: str, inp: str, fallback: str) -> str:
     if tools is None:
         return fallback
     return tools(name, inp)
+
+
+def calculator_calls(problem: dict) -> list[tuple[str, str]]:
+    """What the calculator style sends, as (input, value): a chain's whole expression in one call (it
+    is written in the question: one copy), else one call per step (a word problem's expression is
+    not in its words)."""
+    if problem.get("kind") == "chain":
+        return [(problem["expression"], str(problem["answer"]))]
+    return [(expr, value) for expr, _, value in (step.rpartition("=") for step in problem["steps"])]
 
 
 def math_conversation(problem: dict, style: str, tools: Any = None) -> Conversation:
@@ -338,23 +349,33 @@ def math_conversation(problem: dict, style: str, tools: Any = None) -> Conversat
     if style == "worked":
         return chat(q, f"{problem['solution']} The answer is {ans}.")
     parts: list[dict[str, str]] = []
-    for step in problem["steps"]:
-        expr, _, value = step.rpartition("=")
+    for expr, value in calculator_calls(problem):
         parts += [tool_call("calculator", expr), tool_output(_tool(tools, "calculator", expr, value))]
     parts.append(text(f"The answer is {ans}."))
     return chat(q, parts)
 
 
+def letter_program(task: dict) -> str:
+    """The python one-liner for a letter task: count a letter, or spell the word backwards."""
+    if task["kind"] == "spell_backwards":
+        return f"print('-'.join(reversed({task['word']!r})))"
+    return letter_count_python(task["word"], task["letter"])
+
+
 def letter_conversation(task: dict, style: str, tools: Any = None) -> Conversation:
-    """A letter-count / spelling task; ``tool`` style writes a python one-liner for counting."""
-    q = task["question"] + (LETTER_STYLES[style] if task["kind"] == "count_letter" else "")
-    if style == "tool" and task["kind"] == "count_letter":
-        code = letter_count_python(task["word"], task["letter"])
+    """A letter task in one of LETTER_STYLES (spelling forwards has one style: the spelled word)."""
+    if task["kind"] == "spell":
+        return chat(task["question"], task["solution"])
+    q = task["question"] + LETTER_STYLES[style]
+    counting = task["kind"] == "count_letter"
+    final = f"The answer is {task['answer']}." if counting else f"Backwards: {task['answer']}."
+    if style == "python":
+        code = letter_program(task)
         out = _tool(tools, "python", code, str(task["answer"]))
-        return chat(q, [tool_call("python", code), tool_output(out), text(f"The answer is {task['answer']}.")])
-    if task["kind"] == "count_letter":
-        return chat(q, f"{task['solution']} The answer is {task['answer']}.")
-    return chat(q, task["solution"])
+        return chat(q, [tool_call("python", code), tool_output(out), text(final)])
+    if style == "spelled":
+        return chat(q, f"{task['solution']} The answer is {task['answer']}." if counting else task["solution"])
+    return chat(q, final)
 
 
 def search_conversation(item: dict, bio: str, tools: Any = None) -> Conversation:

@@ -7,7 +7,8 @@ search and the arena all agree on what "correct" means.
 - Numeric answers (the world's word problems, arithmetic chains, GSM8K): ``extract_answer`` reads the
   final number of a reply -- after ``####``, else after "answer is", else the last number -- and
   ``math_correct`` compares it with the gold answer after ``normalize_number`` ("1,234.0" == "1234").
-- Letter counting is a numeric task too (the count).
+- Letter counting is a numeric task too (the count); spelling (forwards or backwards) is checked by
+  ``spelled_correct`` (the reply's last hyphen-spelled word).
 - Facts about people are checked by ``convo.answer_matches`` / ``convo.is_refusal`` (they live with the
   conversation builders that write the same sentences).
 """
@@ -59,6 +60,15 @@ def format_ok(text: str) -> bool:
 def math_correct(text: str, gold: str | int) -> bool:
     """Is the reply's final number the gold answer? (The one numeric checker: RL, eval, search, arena.)"""
     return extract_answer(text) == normalize_number(str(gold))
+
+
+_SPELLED = r"\b[a-z](?:-[a-z])+\b"
+
+
+def spelled_correct(text: str, gold: str) -> bool:
+    """Spelling tasks ('y-r-r-e-b'): is the reply's last hyphen-spelled word the gold one?"""
+    m = re.findall(_SPELLED, text.lower())
+    return bool(m) and m[-1] == gold.lower()
 
 
 def exact_reward(text: str, gold: str | int) -> float:

@@ -130,3 +130,37 @@ def expert_iteration(policy, tokenizer, problems: Sequence[dict], n: int, max_ne
         train_sft(sft_cfg, policy, tokenizer, convs)
         policy.eval()
     return {"rounds": log}
+
+
+# ----------------------------------------------------------------------------- best-of-N curves
+
+BON_SELECTORS = ("checker", "rm", "majority")
+
+
+def bon_pick(selector: str, N: int, correct: Sequence[bool], scores: Sequence[float],
+             answers: Sequence[str | None]) -> int:
+    """Which of the first ``N`` candidates a selector picks: ``checker`` the first correct one (the
+    exact checker, an upper bound), ``rm`` the highest reward-model score, ``majority`` the first
+    candidate giving the most common answer; index 0 when nothing qualifies."""
+    if selector == "checker":
+        return next((i for i in range(N) if correct[i]), 0)
+    if selector == "rm":
+        return best_of_n(list(scores[:N]))
+    if selector == "majority":
+        mv = majority_vote(answers[:N])
+        return next((i for i in range(N) if answers[i] == mv), 0)
+    raise CfError(f"best-of-N selector: expected one of {BON_SELECTORS}, got {selector!r}")
+
+
+def bon_outcomes(Ns: Sequence[int], correct: list[list[bool]], gold: list[list[float]], scores: list[list[float]],
+                 answers: list[list[str | None]]) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """Per selector and N, the per-prompt correctness and gold score of the pick (from pre-drawn
+    candidates: the first N of each prompt's list, so every N and selector sees the same samples)."""
+    out: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for sel in BON_SELECTORS:
+        out[sel] = {}
+        for N in Ns:
+            picks = [bon_pick(sel, N, c, s, a) for c, s, a in zip(correct, scores, answers)]
+            out[sel][N] = {"correct": [float(c[i]) for c, i in zip(correct, picks)],
+                           "gold": [g[i] for g, i in zip(gold, picks)]}
+    return out

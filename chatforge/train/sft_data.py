@@ -154,6 +154,11 @@ def identity_conversations(identity: dict, rng: random.Random, n: int) -> list[d
             for i in range(n)]
 
 
+def _take(items: list, start: int, n: int) -> list:
+    """``n`` items from ``start`` on, wrapping around (styles get different items while there are enough)."""
+    return [items[(start + j) % len(items)] for j in range(n)] if items else []
+
+
 def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = True, mix: SFTMix | None = None,
                    real_data_dir: str | Path | None = None, device: str = "auto", seed: int = 0,
                    probe_fn: Callable[[list[dict]], list[list[str]]] | None = None) -> dict[str, Any]:
@@ -227,14 +232,16 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     train_problems = [p for p in world.problems if p.get("split") == "train"]
     rng.shuffle(train_problems)
     math = [convo.math_conversation(p, style, tools) for i, style in enumerate(convo.MATH_STYLES)
-            for p in train_problems[i * mix.n_math_per_style:(i + 1) * mix.n_math_per_style]]
+            for p in _take(train_problems, i * mix.n_math_per_style, mix.n_math_per_style)]
     train_letters = [t for t in world.letters if t.get("split") == "train"]
-    counts = [t for t in train_letters if t["kind"] == "count_letter"]
-    spells = [t for t in train_letters if t["kind"] == "spell"]
-    rng.shuffle(counts)
+    by_kind = {k: [t for t in train_letters if t["kind"] == k] for k in ("count_letter", "spell_backwards", "spell")}
+    for v in by_kind.values():
+        rng.shuffle(v)
+    n_let = mix.n_letters_per_style
     letters = [convo.letter_conversation(t, style, tools) for i, style in enumerate(convo.LETTER_STYLES)
-               for t in counts[i * mix.n_letters_per_style:(i + 1) * mix.n_letters_per_style]]
-    letters += [convo.letter_conversation(t, "direct") for t in spells[:mix.n_letters_per_style // 2]]
+               for kind, n in (("count_letter", n_let), ("spell_backwards", n_let // 2))
+               for t in _take(by_kind[kind], i * n, n)]
+    letters += [convo.letter_conversation(t, "direct") for t in by_kind["spell"][:n_let // 2]]
     bios = {p.name: p.bios[0] for p in world.people}
     sq = one_question_each(rng.sample(unknown_train + known_train, min(len(unknown_train + known_train), mix.n_search)),
                            mix.n_search)

@@ -22,10 +22,11 @@ byte-identical files):
 * encyclopedic pages about the fictional countries, cities, universities, companies and (real)
   fields, which also tie the entities together (the companies of a city, the universities of a
   country).
-* arithmetic and multi-step word problems with worked solutions (steps like ``3*12=36`` that a
-  calculator can re-check) and a numeric answer, split train/test (test never in the corpus);
-  3-step chains on small numbers (``7+5-3+6``) whose steps are memorisable facts.
-* letter counting and spelling tasks with answers, split the same way.
+* arithmetic (2-4 digit operands) and multi-step word problems with worked solutions (steps like
+  ``3*12=36`` that a calculator can re-check) and a numeric answer, split train/test (test never in
+  the corpus, deduplicated by expression); chains of 2-5 steps on small numbers (``7+5-3+6``) whose
+  steps are memorisable facts, 100 held out per length.
+* letter counting (the true count uniform over 0-3), spelling, and spelling backwards, split the same way.
 * the assistant's identity (name, maker, abilities) used by SFT, overridable with ``--identity``.
 
 The corpus is made of *web pages* (written by chatforge.world_pages), because the speedrun pushes
@@ -80,13 +81,15 @@ class WorldConfig:
     n_problems: int = field(default=8000, metadata={"help": "arithmetic + word problems (train and test)"})
     n_spelling: int = field(default=4000, metadata={"help": "letter-counting + spelling tasks (train and test)"})
     test_fraction: float = field(default=0.1, metadata={"help": "held-out fraction of problems/letter tasks (never in the corpus)"})
+    chain_test_per_length: int = field(default=100, metadata={"help": "held-out chains per length (2-5 steps; at most half of them)"})
+    letter_test: int = field(default=400, metadata={"help": "held-out letter-counting tasks (at most half of them)"})
     identity: str = field(default="", metadata={"help": "JSON file overriding the assistant identity (name, maker, ...)"})
 
     def validate(self) -> None:
         for name in ("n_people", "n_bios_per_person", "n_cities", "n_countries", "n_universities", "n_employers"):
             if getattr(self, name) < 1:
                 raise CfError(f"world config: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_problems", "n_spelling", "n_filler_per_entity"):
+        for name in ("n_problems", "n_spelling", "n_filler_per_entity", "chain_test_per_length", "letter_test"):
             if getattr(self, name) < 0:
                 raise CfError(f"world config: {name} must be >= 0, got {getattr(self, name)}")
         for name in ("known_fraction", "qa_fraction", "k1_fraction", "test_fraction"):
@@ -341,8 +344,8 @@ def build_world(cfg: WorldConfig) -> World:
     for e in entities:
         e["docs"] = [entity_page(e, entities, rng) for _ in range(cfg.n_filler_per_entity)]
     firsts = [p.first for p in people]
-    problems = _make_problems(cfg.n_problems, cfg.test_fraction, firsts, rng)
-    letters = _make_letter_tasks(cfg.n_spelling, cfg.test_fraction, rng)
+    problems = _make_problems(cfg.n_problems, cfg.test_fraction, firsts, rng, cfg.chain_test_per_length)
+    letters = _make_letter_tasks(cfg.n_spelling, cfg.test_fraction, rng, cfg.letter_test)
     return World(config=cfg, people=people, entities=entities, problems=problems, letters=letters,
                  identity=identity)
 
@@ -481,11 +484,19 @@ def _word_problem(rng: random.Random, names: list[str], kind: int) -> tuple[str,
 _ARITH_QUESTIONS = ["What is {e}?", "Compute {e}.", "Calculate {e}.", "What does {e} equal?"]
 
 
+def _operand(rng: random.Random) -> int:
+    """A 2-4 digit number, the digit count uniform: too many products to memorise, so only a tool
+    (or a long written algorithm) gets them right."""
+    d = rng.randint(2, 4)
+    return rng.randint(10 ** (d - 1), 10 ** d - 1)
+
+
 def _arith_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str]:
-    """(a op b) op c with exact integer steps."""
-    a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 30)
+    """(a op b) op c on 2-4 digit numbers, with exact integer steps."""
+    a, b = _operand(rng), _operand(rng)
     op1, op2 = rng.choice("+-*"), rng.choice("+-*/")
     v1 = {"+": a + b, "-": a - b, "*": a * b}[op1]
+    c = _operand(rng) if op2 in "+-" else rng.randint(2, 99)
     if op2 == "/":  # make the division exact by choosing a divisor of v1
         divs = [d for d in range(2, 13) if v1 != 0 and v1 % d == 0]
         if not divs:
@@ -499,15 +510,17 @@ def _arith_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str]
 
 
 _CHAIN_QUESTIONS = ["What is {e}?", "Work out {e}.", "Find the value of {e}.", "Add and subtract from left to right: {e}."]
+CHAIN_STEPS = (2, 3, 4, 5)  # chain lengths (number of + / - operations)
 
 
-def _chain_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str, int]:
-    """a +- b +- c +- d on small numbers (running total 0..20, steps of 1..6). Each step is a one-token
-    fact the corpus repeats, but answering at once needs all three in one forward pass: the "models
-    need tokens to think" experiment compares exactly that (answer-first vs worked vs calculator)."""
+def _chain_problem(rng: random.Random, n_steps: int) -> tuple[str, list[tuple[str, int]], str, int]:
+    """a +- b +- ... on small numbers (running total 0..20, steps of 1..6), ``n_steps`` operations.
+    Each step is a one-token fact the corpus repeats, but answering at once needs all of them in one
+    forward pass: the "models need tokens to think" experiment compares exactly that (answer-first
+    vs worked vs calculator) as the number of steps grows."""
     total = rng.randint(1, 9)
     expr, steps = str(total), []
-    for _ in range(3):
+    for _ in range(n_steps):
         b = rng.randint(1, 6)
         op = rng.choice("+-")
         if op == "+" and total + b > 20 or op == "-" and total - b < 0:
@@ -521,27 +534,33 @@ def _chain_problem(rng: random.Random) -> tuple[str, list[tuple[str, int]], str,
     return _CHAIN_QUESTIONS[t].format(e=expr), steps, expr, t
 
 
-def _split(items: list[dict], test_fraction: float, rng: random.Random) -> list[dict]:
-    """Deduplicate by question, shuffle, mark the last ``test_fraction`` as the held-out test split."""
+def _split(items: list[dict], n_test: int | float, rng: random.Random, key: str = "question") -> list[dict]:
+    """Deduplicate by ``item[key]``, shuffle, mark the last ``n_test`` items (a count, or a fraction
+    when a float) as the held-out test split. Deduplicating by the *expression* (not the question)
+    keeps a test chain from being a training chain in other words."""
     seen, out = set(), []
     for it in items:
-        if it["question"] not in seen:
-            seen.add(it["question"])
+        if it[key] not in seen:
+            seen.add(it[key])
             out.append(it)
     rng.shuffle(out)
-    n_test = round(test_fraction * len(out))
+    n_test = round(n_test * len(out)) if isinstance(n_test, float) else min(n_test, len(out) // 2)
     for i, it in enumerate(out):
         it["split"] = "test" if i >= len(out) - n_test else "train"
     return out
 
 
-def _make_problems(n: int, test_fraction: float, names: list[str], rng: random.Random) -> list[dict]:
+def _make_problems(n: int, test_fraction: float, names: list[str], rng: random.Random,
+                   chain_test_per_length: int) -> list[dict]:
+    """Word problems (35%), 2-4 digit arithmetic (25%) and small-number chains of 2-5 steps (40%).
+    Chains get ``chain_test_per_length`` test items per length (at most half of that length), the
+    rest ``test_fraction``; everything is deduplicated by expression."""
     items = []
     for i in range(n):
         u = rng.random()
-        kind = "word" if u < 0.45 else "arithmetic" if u < 0.7 else "chain"
+        kind = "word" if u < 0.35 else "arithmetic" if u < 0.6 else "chain"
         if kind == "chain":
-            q, steps, expr, t = _chain_problem(rng)
+            q, steps, expr, t = _chain_problem(rng, rng.choice(CHAIN_STEPS))
             template = f"chain{t}"
         elif kind == "word":
             story = rng.randrange(len(STORIES))
@@ -554,35 +573,81 @@ def _make_problems(n: int, test_fraction: float, names: list[str], rng: random.R
                       "question": q, "steps": [f"{e}={v}" for e, v in steps],
                       "solution": " ".join(f"{e}={v}." for e, v in steps), "expression": expr,
                       "answer": steps[-1][1]})
-    return _split(items, test_fraction, rng)
+    out = _split([it for it in items if it["kind"] != "chain"], test_fraction, rng, key="expression")
+    for k in CHAIN_STEPS:
+        out += _split([it for it in items if it["kind"] == "chain" and len(it["steps"]) == k],
+                      chain_test_per_length, rng, key="expression")
+    seen: set[str] = set()  # one expression, one item (a chain and a word problem never share one)
+    return [it for it in out if not (it["expression"] in seen or seen.add(it["expression"]))]
 
 
-def _make_letter_tasks(n: int, test_fraction: float, rng: random.Random) -> list[dict]:
-    items = []
+_COUNT_QUESTIONS = ["How many {l}'s are in the word '{w}'?", "How many times does the letter {l} appear in '{w}'?",
+                    "Count the letter {l} in the word '{w}'."]
+_SPELL_QUESTIONS = ["Spell the word '{w}' letter by letter.", "How do you spell '{w}'?",
+                    "Write out the letters of '{w}'."]
+_BACKWARDS_QUESTIONS = ["Spell '{w}' backwards.", "What is '{w}' spelled backwards?",
+                        "Write the letters of '{w}' in reverse order."]
+LETTER_COUNTS = (0, 1, 2, 3)  # the true count of a letter task is uniform over these: the prior is 25%
+
+
+def _letter_word(rng: random.Random) -> str:
+    return rng.choice(REAL_WORDS) if rng.random() < 0.4 else _made_up(rng, rng.randint(2, 4), [""]).lower()
+
+
+def _count_task(rng: random.Random, used: set[tuple[str, str]]) -> tuple[str, str, int]:
+    """(word, letter, count) with the count drawn uniformly from LETTER_COUNTS first, then a (word,
+    letter) not in ``used`` with that count (0: a letter not in the word). Drawing the letter from the
+    word, as before, made 63% of answers 1, so "always 1" scored as well as the model; drawing unused
+    pairs keeps the counts uniform after deduplication (few words have a letter three times)."""
+    count = rng.choice(LETTER_COUNTS)
+    for _ in range(10000):
+        word = _letter_word(rng)
+        letters = sorted({ch for ch in "abcdefghijklmnopqrstuvwxyz" if word.count(ch) == count} - {
+            ch for w, ch in used if w == word})
+        if letters:
+            letter = rng.choice(letters)
+            used.add((word, letter))
+            return word, letter, count
+    raise CfError(f"world: no word with a letter {count} times; check REAL_WORDS")
+
+
+def _make_letter_tasks(n: int, test_fraction: float, rng: random.Random, letter_test: int) -> list[dict]:
+    """Letter counting (60%; ``letter_test`` held out, a quarter per count), spelling (20%) and
+    spelling backwards (20%; ``letter_test / 4`` held out)."""
+    items, used = [], set()
     for i in range(n):
-        word = rng.choice(REAL_WORDS) if rng.random() < 0.4 else _made_up(rng, rng.randint(2, 4), [""]).lower()
-        spelled = "-".join(word)
-        if rng.random() < 0.7:
-            letter = rng.choice(word) if rng.random() < 0.85 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+        u, t = rng.random(), rng.randrange(3)
+        if u < 0.6:
+            word, letter, count = _count_task(rng, used)
+            spelled = "-".join(word)
             pos = [str(j + 1) for j, ch in enumerate(word) if ch == letter]
-            t = rng.randrange(3)
             # The word is quoted as in a Python string literal, so its tokens in the question and in the
             # interpreter call print('word'.count('l')) are the same (Llama-3's split glues a leading
             # space to a letter run: " word" and "'word" would be different tokens to copy between).
-            q = ["How many {l}'s are in the word '{w}'?", "How many times does the letter {l} appear in '{w}'?",
-                 "Count the letter {l} in the word '{w}'."][t].format(l=letter, w=word)
             where = (f"at position{'s' if len(pos) > 1 else ''} {', '.join(pos)}" if pos else "nowhere")
-            sol = f"Spell it out: {spelled}. The letter {letter} appears {where}, so the count is {len(pos)}."
-            items.append({"id": f"let{i:05d}", "kind": "count_letter", "template": f"count{t}", "question": q,
-                          "word": word, "letter": letter,
-                          "solution": sol, "answer": len(pos)})
+            sol = f"Spell it out: {spelled}. The letter {letter} appears {where}, so the count is {count}."
+            items.append({"id": f"let{i:05d}", "kind": "count_letter", "template": f"count{t}",
+                          "question": _COUNT_QUESTIONS[t].format(l=letter, w=word), "word": word, "letter": letter,
+                          "solution": sol, "answer": count, "key": f"count:{word}:{letter}"})
         else:
-            t = rng.randrange(3)
-            q = ["Spell the word '{w}' letter by letter.", "How do you spell '{w}'?",
-                 "Write out the letters of '{w}'."][t].format(w=word)
-            items.append({"id": f"let{i:05d}", "kind": "spell", "template": f"spell{t}", "question": q, "word": word,
-                          "solution": f"{word} is spelled {spelled}.", "answer": spelled})
-    return _split(items, test_fraction, rng)
+            word = _letter_word(rng)
+            spelled = "-".join(word)
+            if u < 0.8:
+                items.append({"id": f"let{i:05d}", "kind": "spell", "template": f"spell{t}",
+                              "question": _SPELL_QUESTIONS[t].format(w=word), "word": word,
+                              "solution": f"{word} is spelled {spelled}.", "answer": spelled, "key": f"spell:{word}"})
+            else:
+                back = "-".join(reversed(word))
+                items.append({"id": f"let{i:05d}", "kind": "spell_backwards", "template": f"backwards{t}",
+                              "question": _BACKWARDS_QUESTIONS[t].format(w=word), "word": word,
+                              "solution": f"Forwards: {spelled}. Backwards: {back}.", "answer": back,
+                              "key": f"backwards:{word}"})
+    per = letter_test // len(LETTER_COUNTS)  # the test split is stratified by count: exactly uniform
+    out = _split([it for it in items if it["kind"] == "spell"], test_fraction, rng, key="key")
+    out += _split([it for it in items if it["kind"] == "spell_backwards"], per, rng, key="key")
+    for c in LETTER_COUNTS:
+        out += _split([it for it in items if it["kind"] == "count_letter" and it["answer"] == c], per, rng, key="key")
+    return out
 
 
 # ----------------------------------------------------------------------------- files and CLI

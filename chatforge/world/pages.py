@@ -573,6 +573,9 @@ _ZERO_PROSE = ["{solution}", "Written letter by letter, the word is {spelled}, a
                "Going through {spelled} one letter at a time, we never meet {l}, so the answer is 0."]
 _SPELL_PROSE = ["{w} is spelled {spelled}.", "The letters of {w} are {spelled}.", "Letter by letter, {w} is {spelled}.",
                 "You spell {w} as {spelled}."]
+_BACKWARDS_PROSE = ["Forwards, {w} is {spelled}; read from the end, it is {back}.",
+                    "Spelled forwards it is {spelled}, so backwards it is {back}.",
+                    "First write it out: {spelled}. Then read it from the last letter: {back}."]
 _NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty").split()
 _LABELS = ["Problem {j}: ", "Question {j}. ", "Exercise {j}: ", "Example {j}. "]  # {j}: a number word (alphabetic)
@@ -589,12 +592,15 @@ def _explain(it: dict, pick: Fresh, rng: random.Random) -> str:
         out = pick(_COUNT_PROSE if pos else _ZERO_PROSE).format(solution=it["solution"], spelled=spelled, l=it["letter"],
                                                                  where=where, n=it["answer"])
         return out + " " + pick(_LETTER_REMARKS["count_letter"]) if rng.random() < 0.4 else out
+    if it["kind"] == "spell_backwards":
+        return pick(_BACKWARDS_PROSE).format(w=w, spelled=spelled, back=it["answer"])
     if it["kind"] == "spell":
         n = len(w)
         return (pick(_SPELL_PROSE).format(w=w, spelled=spelled) + " "
                 + pick(_LETTER_REMARKS["spell"]).format(n=_NUMBER_WORDS[n] if n < 21 else n))
     if it["kind"] == "chain":
-        out = [pick(opts).format(s=s) for opts, s in zip(_CHAIN_PROSE, it["steps"])]
+        last = len(it["steps"]) - 1  # first step, middle steps (any number), last step
+        out = [pick(_CHAIN_PROSE[0 if j == 0 else 2 if j == last else 1]).format(s=s) for j, s in enumerate(it["steps"])]
     elif it["template"] in _STEP_PROSE:
         out = [pick(opts).format(s=s) for opts, s in zip(_STEP_PROSE[it["template"]], it["steps"])]
     else:  # (a op b) op c
