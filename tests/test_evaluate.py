@@ -129,19 +129,6 @@ def test_gsm8k_exact_match(tm):
     assert ev.eval_gsm8k(AnswerEngine(tok, "no idea"), tok, items)["k"] == 0
 
 
-def test_run_experiments_end_to_end_on_a_tiny_run(tmp_path):
-    rd, _, _ = tiny_sft_run(tmp_path, n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=3,
-                            n_letters_per_style=2, n_search=2, n_eval_known=4, n_eval_unknown=4)
-    md, m = ev.run_experiments(rd, n_eval=2, device="cpu", max_new_tokens=6)
-    assert (rd / "sft_ablation").is_dir() and (rd / "sft" / "experiments.json").exists()
-    for key in ("known_acc_with", "known_acc_without", "hallucination_with", "hallucination_without",
-                "chain_direct", "chain_worked", "chain_tool", "math_direct", "math_worked", "math_tool",
-                "letters_direct", "letters_spelled", "letters_python",
-                "identity_with", "identity_without", "identity_sysprompt"):
-        assert m[key]["n"] == 2 and 0 <= m[key]["lo"] <= m[key]["hi"] <= 1, key
-    assert md.startswith("## Assistant experiments") and md.count("(n=2)") == 19
-
-
 def test_eval_cli_errors(tmp_path):
     from chatforge.common import CfError
     with pytest.raises(CfError, match="nothing to do"):

@@ -9,15 +9,9 @@ proportion p = k/n and z = 1.96,
 Unlike the normal approximation p +- z sqrt(p(1-p)/n) it stays inside [0, 1] and does not collapse to
 a zero-width interval at p = 0 or 1, which matters for the small n a CPU speedrun can afford.
 
-Experiments (``run_experiments``), all on held-out world items:
-1. accuracy on known-people questions (people whose facts were in pretraining but not in SFT);
-2. hallucination rate (informative wrong answers) on unknown people, SFT without vs with the
-   "I don't know" data (the second model is an ablation SFT trained here on the people part of the
-   mixture -- known-people Q&A with the truth, personas, search -- without refusals or identity data);
-3. arithmetic: answer-first vs worked solution vs calculator tool (one model, the style is asked for
-   in the prompt, as the SFT data teaches), on small-number 3-step chains and on 2-3 digit problems;
-4. letter counting with vs without the python interpreter;
-5. identity answers with vs without the identity data, and with a system prompt instead.
+Experiments (``run_experiments``): ``knowledge.py`` (knowledge extraction, hallucination and "I don't
+know", identity) and ``reasoning.py`` (tokens to think, tools, spelling and counting), each writing its
+ids into ``<run>/results.json`` with paired-bootstrap differences.
 
 Benchmarks (``--eval-set``): GSM8K exact match (generation with the calculator), and ARC / MMLU /
 HellaSwag multiple choice by comparing the mean log-likelihood of each option's tokens.
@@ -25,32 +19,23 @@ HellaSwag multiple choice by comparing the mean log-likelihood of each option's 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import time
-from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from chatforge.assistant.convo import (answer_matches, ask, chat, gsm8k_items, IDENTITY_QUESTIONS,
-                                       is_refusal, LETTER_STYLES, MATH_STYLES, parse_reply, sample_replies_many,
-                                       system_prompt_for)
+from chatforge.assistant.convo import ask, gsm8k_items
 from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tasks import math_correct
 from chatforge.assistant.tools import default_tools
+from chatforge.common import CfError, get_device, make_parser, print0, read_jsonl, run_dir, wilson
 from chatforge.common import data_dir as common_data_dir
-from chatforge.common import (atomic_write_json, CfError, get_device, make_config, make_parser, print0, read_json,
-                              read_jsonl, run_dir, wilson)
 from chatforge.eval.knowledge import run_knowledge_experiments
-from chatforge.model.checkpoint import latest_checkpoint, load_checkpoint
+from chatforge.eval.reasoning import run_reasoning_experiments
+from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.model.quant import KINDS, quantize_for_inference
-from chatforge.train.sft import sft, SFTConfig
 from chatforge.world.build import load_world
-
-
-
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -146,158 +131,20 @@ def eval_multiple_choice(model, tokenizer, items: list[dict[str, Any]], device: 
 
 def eval_gsm8k(engine, tokenizer, items: list[tuple[str, str, str]], max_new_tokens: int = 256) -> dict[str, Any]:
     """Exact match of the final number of a greedy chat reply (tasks.math_correct; the engine runs the calculator)."""
-    convs = [{"messages": [{"role": "user", "content": q}]} for q, _, _ in items]
-    replies = _replies(engine, tokenizer, convs, max_new_tokens)
-    k = sum(int(math_correct(reply, gold)) for (reply, _), (_, _, gold) in zip(replies, items))
+    k = sum(int(math_correct(ask(engine, tokenizer, {"messages": [{"role": "user", "content": q}]}, n=1,
+                                 max_new_tokens=max_new_tokens, temperature=0.0)[0], gold)) for q, _, gold in items)
     return proportion(k, len(items))
-
-
-def generate_reply(engine, tokenizer, conv: dict, max_new_tokens: int = 64) -> str:
-    """Greedy assistant reply text to a conversation ending with a user message."""
-    return ask(engine, tokenizer, conv, n=1, max_new_tokens=max_new_tokens, temperature=0.0)[0]
 
 
 # ----------------------------------------------------------------------------- the experiments
 
-def _replies(engine, tokenizer, convs: list[dict], max_new_tokens: int) -> list[tuple[str, list[dict]]]:
-    """Greedy (text, parts) replies, all conversations in one batched engine call; parts include the
-    tool calls and outputs."""
-    prompts = [tokenizer.render_for_completion(c) for c in convs]
-    return [parse_reply(tokenizer, g[0]) for g in sample_replies_many(engine, tokenizer, prompts, 1, max_new_tokens)]
-
-
-def _judge(convs: list[dict], replies: list[tuple[str, list[dict]]], judge: Callable[[int, str], bool],
-           examples: list | None = None) -> dict[str, Any]:
-    """``judge(i, reply text)`` -> success for each reply; counts replies that called a tool and keeps
-    two examples (with their tool calls) for the report."""
-    oks = [bool(judge(i, r)) for i, (r, _) in enumerate(replies)]
-    if examples is not None:
-        examples += [{"q": c["messages"][-1]["content"], "reply": r, "ok": ok,
-                      "tools": [f"{p['name']}({p['input']!r})" for p in parts if p["type"] == "tool_call"]}
-                     for c, (r, parts), ok in list(zip(convs, replies, oks))[:2]]
-    m = proportion(sum(oks), len(oks))
-    m["tool_calls"] = sum(any(p["type"] == "tool_call" for p in parts) for _, parts in replies)
-    return m
-
-
-def _user(q: str, system: str | None = None) -> dict:
-    return chat(q, system=system)
-
-
-def run_experiments(run: str | Path, n_eval: int = 40, device: str = "auto", ablation: bool = True,
-                    max_new_tokens: int | None = None, weights: str = "fp32") -> tuple[str, dict[str, Any]]:
-    """The measured experiments on ``<run>/sft`` (and the ablation ``<run>/sft_ablation``, trained here
-    from ``sft_data/train_ablation.jsonl`` with the main SFT's config when absent).
-
-    ``n_eval`` caps the questions per cell; ``max_new_tokens`` caps every reply (tests); ``weights``:
-    the models decode with quant.quantize_for_inference(model, weights). Returns (markdown section,
-    metrics dict) and writes
-    ``<run>/sft/experiments.json``.
-    """
-    t0 = time.perf_counter()
-    n = n_eval
+def run_experiments(run: str | Path, device: str = "auto", n_reason: int = 100) -> str:
+    """The report card's measured claims on a run with an SFT model: knowledge, hallucination and identity
+    (``knowledge.py``, which trains its two ablation SFTs), then tokens to think, tools and letters
+    (``reasoning.py``). Each writes its ids into ``<run>/results.json``; returns the markdown."""
     rd = run_dir(run)
-    device = get_device(device)
-    ev = read_json(rd / "sft_data" / "eval.json", "SFT evaluation items")
-    world = load_world(rd)
-    tools = default_tools(world)
-    main = load_checkpoint(rd / "sft", device=device)
-    tok = main.tokenizer
-    engines = {"with": Engine(quantize_for_inference(main.model, weights), tok, tools=tools)}
-    abl_seconds = 0.0
-    if ablation:
-        abl_dir = rd / "sft_ablation"
-        if latest_checkpoint(abl_dir) is None:
-            known = {f.name for f in dataclasses.fields(SFTConfig)}  # the main SFT's settings, same budget
-            prev = {k: v for k, v in (main.state.get("train_config") or {}).items() if k in known}
-            cfg = make_config(SFTConfig, **{**prev, "run": str(rd), "out": "sft_ablation", "init": prev.get("init", ""),
-                                            "data": str(rd / "sft_data" / "train_ablation.jsonl"), "device": device})
-            t1 = time.perf_counter()
-            sft(cfg)
-            abl_seconds = time.perf_counter() - t1
-        engines["without"] = Engine(quantize_for_inference(load_checkpoint(abl_dir, device=device).model, weights),
-                                    tok, tools=tools)
-
-    m: dict[str, Any] = {"n_cap": n, "examples": {}}
-    rows: list[list[str]] = []
-
-    def cell(key: str, label: str, cond: str, engine, convs, judge, max_new, replies=None) -> list:
-        max_new = min(max_new, max_new_tokens or max_new)
-        if replies is None:
-            replies = _replies(engine, tok, convs, max_new)
-        ex: list = []
-        m[key] = _judge(convs, replies, judge, ex)
-        m["examples"][key] = ex
-        tc = f"; {m[key]['tool_calls']}/{m[key]['n']} called a tool" if m[key]["tool_calls"] else ""
-        rows.append([label, cond, fmt_prop(m[key]) + tc])
-        return replies
-
-    known = ev["known"][:n]
-    unknown = ev["unknown"][:n]
-    kconv = [_user(it["question"]) for it in known]
-    uconv = [_user(it["question"]) for it in unknown]
-    k_ok = lambda i, r: (not is_refusal(r)) and answer_matches(r, known[i]["answer"])  # noqa: E731
-    halluc = lambda i, r: not is_refusal(r)  # noqa: E731  (any informative answer is wrong)
-    refused = lambda i, r: is_refusal(r)  # noqa: E731
-    for cond, eng in engines.items():
-        tag = "with IDK data" if cond == "with" else "without IDK data"
-        r = cell(f"known_acc_{cond}", "known people: accuracy", tag, eng, kconv, k_ok, 24)
-        cell(f"known_refusal_{cond}", "known people: refusal rate", tag, eng, kconv, refused, 24, replies=r)
-        cell(f"hallucination_{cond}", "unknown people: hallucination rate", tag, eng, uconv, halluc, 24)
-
-    # Two problem sets: 3-step chains on small numbers (every step a fact the corpus repeats: does
-    # writing the steps out help?) and 2-step word/arithmetic problems on 2-3 digit numbers (too many
-    # products to memorise: does the calculator help?).
-    sets = {"chain": ("small-number 3-step chains", [p for p in ev["problems"] if p["kind"] == "chain"][:n]),
-            "math": ("word/arithmetic problems", [p for p in ev["problems"] if p["kind"] != "chain"][:n])}
-    for key, (label, probs) in sets.items():
-        for style, suffix in MATH_STYLES.items():
-            convs = [_user(p["question"] + suffix) for p in probs]
-            cell(f"{key}_{style}", f"{label}: accuracy", {"direct": "answer first", "worked": "worked solution",
-                 "tool": "calculator"}[style], engines["with"], convs,
-                 lambda i, r, probs=probs: math_correct(r, probs[i]["answer"]),
-                 {"direct": 12}.get(style, 64))
-    letters = ev["letters"][:n]
-    for style, suffix in LETTER_STYLES.items():
-        convs = [_user(t["question"] + suffix) for t in letters]
-        cell(f"letters_{style}", "letter counting: accuracy", "python interpreter" if style == "tool" else
-             "no interpreter (spelled out)", engines["with"], convs,
-             lambda i, r: math_correct(r, letters[i]["answer"]), 64)
-    # the no-model baseline: always give the most common count of the training tasks (counts are small,
-    # so a model that cannot read the word still scores well above 0)
-    counts = Counter(t["answer"] for t in world.letters if t["kind"] == "count_letter" and t.get("split") == "train")
-    guess = counts.most_common(1)[0][0] if counts else 0
-    m["letters_prior"] = proportion(sum(t["answer"] == guess for t in letters), len(letters))
-    rows.append(["letter counting: accuracy", f"baseline: always {guess} (no model)", fmt_prop(m["letters_prior"])])
-
-    ident = ev["identity"]
-    qs = {kind: sum(IDENTITY_QUESTIONS[kind], []) for kind in ("name", "maker")}  # train + held-out wordings
-    iq = [(kind, q) for pair in zip(*[[(k, q) for q in v] for k, v in qs.items()]) for kind, q in pair][:n]
-    target = lambda i: ident["name"] if iq[i][0] == "name" else ident["maker"]  # noqa: E731
-    id_ok = lambda i, r: target(i).lower() in r.lower()  # noqa: E731
-    if "without" in engines:
-        cell("identity_without", "identity: names itself/maker", "without identity data", engines["without"],
-             [_user(q) for _, q in iq], id_ok, 40)
-        cell("identity_sysprompt", "identity: names itself/maker", "without identity data, system prompt",
-             engines["without"], [_user(q, system_prompt_for(ident)) for _, q in iq], id_ok, 40)
-    cell("identity_with", "identity: names itself/maker", "with identity data", engines["with"],
-         [_user(q) for _, q in iq], id_ok, 40)
-
-    m["seconds"] = time.perf_counter() - t0
-    m["ablation_sft_seconds"] = abl_seconds
-    md = ["## Assistant experiments", "",
-          f"Greedy replies of `{main.path.relative_to(rd) if main.path.is_relative_to(rd) else main.path}` on held-out "
-          f"items (never trained on); each cell gives the rate, its 95% Wilson interval and the number of "
-          f"questions. \"without\" is an ablation SFT on the people part of the mixture (known-people Q&A with "
-          f"the truth, personas, search) without the \"I don't know\" refusals (knowledge probing) or the identity "
-          f"conversations; the math and letter cells use the main model.", "",
-          "| experiment | condition | result [95% CI] (n) |", "|---|---|---|"]
-    md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    md += ["", f"Experiments took {m['seconds']:.1f}s (ablation SFT {abl_seconds:.1f}s)."]
-    markdown = "\n".join(md) + "\n"
-    atomic_write_json(main.path.parent / "experiments.json", m)
-    print0(markdown)
-    return markdown, m
+    return "\n\n".join([run_knowledge_experiments(rd, device=device),
+                         run_reasoning_experiments(rd, device=device, n=n_reason, n_letters=4 * n_reason)])
 
 
 # ----------------------------------------------------------------------------- benchmarks and CLI
@@ -336,11 +183,11 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--run", default="default", help="run name (runs/<run>) or run directory")
     p.add_argument("--stage", default="sft", help="stage folder whose latest checkpoint is evaluated by --eval-set")
     p.add_argument("--checkpoint", default="", help="explicit checkpoint for --eval-set (overrides --stage)")
-    p.add_argument("--experiments", action="store_true", help="run the assistant experiments (needs <run>/sft_data)")
-    p.add_argument("--knowledge", action="store_true", help="run the knowledge, hallucination and identity "
+    p.add_argument("--experiments", action="store_true", help="run every assistant experiment (knowledge, "
+                   "hallucination, identity, thinking, tools, letters; needs <run>/sft_data; writes results.json)")
+    p.add_argument("--knowledge", action="store_true", help="only the knowledge, hallucination and identity "
                    "experiments (trains their two ablation SFTs; writes <run>/results.json)")
-    p.add_argument("--n", type=int, default=40, help="questions per experiment cell at most")
-    p.add_argument("--no-ablation", action="store_true", help="skip the ablation SFT (no before/after cells)")
+    p.add_argument("--n", type=int, default=100, help="items per reasoning cell (letters: 4x)")
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME[:N]",
                    help=f"benchmark to run, repeatable: {', '.join(EVAL_SETS)}; N caps the items")
     p.add_argument("--data-dir", default="", help="folder holding gsm8k/, arc/, mmlu/, hellaswag/ "
@@ -360,8 +207,8 @@ def cli(argv: list[str]) -> None:
     rd = run_dir(args.run)
     device = get_device(args.device)
     if args.experiments:
-        run_experiments(rd, n_eval=args.n, device=device, ablation=not args.no_ablation, weights=args.weights)
-    if args.knowledge:
+        print0(run_experiments(rd, device=device, n_reason=args.n))
+    elif args.knowledge:
         run_knowledge_experiments(rd, device=device)
     if args.eval_set:
         ck = load_checkpoint(args.checkpoint or rd / args.stage, device=device)
