@@ -274,7 +274,7 @@ def _tool_model_and_prompts():
     tools = ToolBox(enabled=("calculator", "python"))
     counts = [t for t in world.letters if t["kind"] == "count_letter"]
     convs = [math_conversation(p, "tool", tools) for p in world.problems[:6]]
-    convs += [letter_conversation(t, "tool", tools) for t in counts[:4]]
+    convs += [letter_conversation(t, "python", tools) for t in counts[:4]]
     x, y = collate([tok.render_conversation(c) for c in convs], pad_id=0)
     model = tiny_model(tok, seq_len=256).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
