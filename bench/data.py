@@ -16,10 +16,16 @@ pipeline does strictly less work than ours (the ratio is conservative).
 
 --steps adds what each chatforge step costs per document (fast extractor): the pipeline with every
 optional step off ("skeleton": read, extract, count tokens, write), then with one step back on.
+
+--tokenize N: ``chatforge data tokenize`` on N Gutenberg paragraphs in 8 parquet files (vocab 4096):
+docs/s and tokens/s per core (CPU seconds, children included) and wall time with --tasks 1 and 2,
+as ratios against single-process ``shards.tokenize_corpus`` (one thread) on the same documents,
+plus a byte-for-byte check that --tasks 2 writes the same shards as --tasks 1.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -30,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chatforge.common import data_dir  # noqa: E402
 from chatforge.data.crawl import demo_docs, make_crawl  # noqa: E402
 from chatforge.data.curate import DataConfig, extraction_benchmark, run_pipeline  # noqa: E402
+from chatforge.data.pretokenize import TokenizeConfig, tokenize_shards  # noqa: E402
+from chatforge.data.shards import tokenize_corpus  # noqa: E402
+from chatforge.tokenizer.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 
 
@@ -80,15 +89,72 @@ def step_costs(warc: Path, tmp: Path, repeats: int) -> dict[str, float]:
     return {k: (v if k == "skeleton" else v - med["skeleton"]) for k, v in med.items()}
 
 
+def gutenberg_paragraphs(n: int) -> list[str]:
+    """n paragraphs of >= 200 characters from the Gutenberg books (whole books, sorted by path)."""
+    docs: list[str] = []
+    for p in sorted(BENCH.parent.joinpath("gutenberg").rglob("*.txt")):
+        docs += [q for q in p.read_text(encoding="utf-8", errors="replace").split("\n\n") if len(q) >= 200]
+        if len(docs) >= n:
+            break
+    if len(docs) < n:
+        raise SystemExit(f"--tokenize: only {len(docs)} paragraphs found under {BENCH.parent / 'gutenberg'}")
+    return docs[:n]
+
+
+def bench_tokenize(n_docs: int, repeats: int, tmp: Path) -> None:
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = gutenberg_paragraphs(n_docs)
+    (tmp / "in").mkdir()
+    for i, chunk in enumerate([docs[k::8] for k in range(8)]):  # 8 files, like 8 FineWeb shards
+        pq.write_table(pa.table({"text": chunk}), tmp / "in" / f"{i:03d}.parquet")
+    ordered = [d for k in range(8) for d in docs[k::8]]
+    train_tokenizer(docs[:2000], 4096).save(tmp / "tok")
+    tok = Tokenizer.load(tmp / "tok")
+    cpu: dict[str, list[float]] = {"tokenize_corpus": [], "tasks=1": [], "tasks=2": []}
+    wall: dict[str, list[float]] = {k: [] for k in cpu}
+    for r in range(repeats):
+        for name in cpu:
+            out = tmp / f"{name}-{r}"
+            if name == "tokenize_corpus":
+                fn = lambda: tokenize_corpus(tok, ordered, out, num_threads=1)  # noqa: E731
+            else:
+                cfg = TokenizeConfig(input=str(tmp / "in"), tokenizer=str(tmp / "tok"), out=str(out),
+                                     tasks=int(name[-1]))
+                fn = lambda: tokenize_shards(cfg)  # noqa: E731
+            t0 = time.perf_counter()
+            cpu[name].append(timed(fn))
+            wall[name].append(time.perf_counter() - t0)
+    meta = json.loads((tmp / "tasks=1-0" / "shards.json").read_text())
+    n_tokens = sum(s["tokens"] for split in meta["splits"].values() for s in split)
+    same = all((tmp / "tasks=2-0" / p.name).read_bytes() == p.read_bytes()
+               for p in (tmp / "tasks=1-0").iterdir() if p.suffix in (".bin", ".idx"))
+    ref = statistics.median(cpu["tokenize_corpus"])
+    print(f"data tokenize: {n_docs:,} docs, {n_tokens:,} tokens, 8 parquet files, median of {repeats}; "
+          f"--tasks 2 shards identical to --tasks 1: {same}")
+    for k in cpu:
+        c, w = statistics.median(cpu[k]), statistics.median(wall[k])
+        print(f"  {k:<16} {n_docs / c:9,.0f} docs/s/core {n_tokens / c:11,.0f} tokens/s/core  "
+              f"{ref / c:5.2f}x per core   wall {w:6.2f} s ({statistics.median(wall['tokenize_corpus']) / w:4.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--f1-pages", type=int, default=60)
     ap.add_argument("--steps", action="store_true", help="also measure each step's cost per document")
+    ap.add_argument("--tokenize", type=int, default=0, metavar="N",
+                    help="only benchmark `data tokenize` on N documents (e.g. 10000)")
     a = ap.parse_args()
     from loguru import logger
     logger.remove()
+    if a.tokenize:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_tokenize(a.tokenize, a.repeats, Path(tmp))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         warc, _ = make_crawl(demo_docs(a.docs, seed=0), Path(tmp) / "crawl", seed=0)
         import gzip

@@ -33,6 +33,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "speedrun": ("chatforge.speedrun", "run every stage on the embedded default and write report.md"),
 }
 
+# "<command> <subcommand>" pairs served by a module of their own: -> (module, function)
+SUBCOMMANDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("data", "fetch"): ("chatforge.data.fetch", "cli"),                 # hub downloads (FineWeb, SmolTalk, ...)
+    ("data", "tokenize"): ("chatforge.data.pretokenize", "cli"),        # parquet/JSONL -> shards, in parallel
+    ("eval", "fetch"): ("chatforge.data.fetch", "eval_fetch_cli"),      # the CORE eval bundle
+}
+
 
 def usage() -> str:
     lines = ["usage: chatforge <command> [flags]   (chatforge <command> --help for its flags)", "", "commands:"]
@@ -52,15 +59,18 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in COMMANDS:
         sys.stderr.write(f"chatforge: error: unknown command '{cmd}'; expected one of {', '.join(COMMANDS)}\n")
         sys.exit(2)
+    module_name, fn, rest = COMMANDS[cmd][0], "cli", argv[1:]
+    if tuple(argv[:2]) in SUBCOMMANDS:
+        (module_name, fn), rest, cmd = SUBCOMMANDS[(argv[0], argv[1])], argv[2:], " ".join(argv[:2])
     try:
-        module = importlib.import_module(COMMANDS[cmd][0])
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("chatforge"):
             sys.stderr.write(f"chatforge: error: command '{cmd}' is not available yet ({e.name} missing)\n")
             sys.exit(2)
         raise
     try:
-        module.cli(argv[1:])
+        getattr(module, fn)(rest)
     except CfError as e:
         sys.stderr.write(f"chatforge {cmd}: error: {e}\n")
         sys.exit(1)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from chatforge.common import atomic_write_text, CfError, read_jsonl
+from chatforge.tokenizer.tokenizer import validate_conversation
 
 
 
@@ -264,6 +265,34 @@ def load_gsm8k(path: str | Path, limit: int | None = None, use_tool: bool = True
     """GSM8K as worked solutions; the <<a*b=c>> annotations become calculator calls when ``use_tool``."""
     return [chat(q, gsm8k_solution_parts(sol, use_tool)) for q, sol, _ in gsm8k_items(path, limit)]
 
+
+def load_smoltalk(path: str | Path, limit: int | None = None) -> list[Conversation]:
+    """SmolTalk parquet files (``chatforge data fetch --dataset smoltalk``; a file or a folder of them):
+    the ``messages`` column holds [{role, content}] in our roles already. Conversations that do not
+    fit the schema (e.g. two user turns in a row) or do not end with the assistant are skipped."""
+    import pyarrow.parquet as pq  # lazy import on purpose: only this loader reads parquet
+    p = Path(path)
+    files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+    if not files or not files[0].is_file():
+        raise CfError(f"{p}: no SmolTalk parquet files (run `chatforge data fetch --dataset smoltalk`)")
+    convs: list[Conversation] = []
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["messages"], batch_size=1024):
+            for msgs in batch.column(0).to_pylist():
+                conv = {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs or []]}
+                try:
+                    validate_conversation(conv)
+                except CfError:
+                    continue
+                if conv["messages"][-1]["role"] == "assistant":
+                    convs.append(conv)
+                if limit is not None and len(convs) >= limit:
+                    return convs
+    return convs
+
+
+# fetched SFT sets (chatforge data fetch --dataset NAME): name -> loader of the downloaded file/folder
+FETCHED_SOURCES = {"smoltalk": load_smoltalk, "oasst": load_oasst}
 
 REAL_SOURCES = {
     # name -> (path relative to shared/data, loader)

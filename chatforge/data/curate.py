@@ -555,9 +555,9 @@ def _load_docs(path: str) -> list[dict]:
 def cli(argv: list[str]) -> None:
     if not argv or argv[0] not in ("run", "make-crawl", "eval"):
         if argv and argv[0] in ("-h", "--help"):
-            print("usage: chatforge data {run,make-crawl,eval} [flags]   (chatforge data run --help)")
+            print("usage: chatforge data {run,make-crawl,eval,fetch,tokenize} [flags]   (chatforge data run --help)")
             return
-        raise CfError(f"data: expected a subcommand run | make-crawl | eval, got {argv[:1]}")
+        raise CfError(f"data: expected a subcommand run | make-crawl | eval | fetch | tokenize, got {argv[:1]}")
     sub, rest = argv[0], argv[1:]
     if sub == "run":
         p = make_parser("chatforge data run", "curate web data: read -> filter -> dedup -> PII -> docs + report")

@@ -125,6 +125,67 @@ def write_shards_json(dir: str | os.PathLike, splits: dict[str, list[dict[str, A
                vocab_size=vocab_size, bos_id=bos_id, tokenizer_hash=tok_hash, splits=splits, **extra)
 
 
+def clear_shards(out_dir: str | os.PathLike) -> Path:
+    """Make ``out_dir`` and remove a previous shard set from it, shards.json first: an old
+    shards.json would vouch for files about to be replaced."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SHARDS_JSON).unlink(missing_ok=True)
+    for p in list(out.glob("train_*.bin")) + list(out.glob("val_*.bin")) + list(out.glob("*_*.idx")):
+        p.unlink()
+    return out
+
+
+def is_val_doc(i: int, val_fraction: float, val_docs: int | None) -> bool:
+    """Does document ``i`` (0-based, corpus order) go to the validation split? The first ``val_docs``
+    documents when given, else an evenly spread ``val_fraction``: documents 0, 1/f, 2/f, ..."""
+    if val_docs is not None:
+        return i < val_docs
+    if val_fraction <= 0:
+        return False
+    return math.floor(i * val_fraction) > math.floor((i - 1) * val_fraction)
+
+
+class CorpusWriter:
+    """Documents in corpus order -> train/val shards + statistics + shards.json (``finish``).
+
+    Shared by ``tokenize_corpus`` (one process) and the parallel tokenizer (chatforge.pretokenize),
+    which merges per-file token arrays through it: same split rule, same files, same statistics."""
+
+    def __init__(self, out_dir: str | os.PathLike, tokenizer: Any, val_fraction: float = 0.01,
+                 val_docs: int | None = None, shard_tokens: int = 100_000_000):
+        self.out = clear_shards(out_dir)
+        self.tokenizer, self.val_fraction, self.val_docs = tokenizer, val_fraction, val_docs
+        self.shard_tokens, self.dtype = shard_tokens, dtype_for_vocab(tokenizer.n_vocab)
+        self.writers = {s: ShardWriter(self.out, s, self.dtype, shard_tokens, bos_id=tokenizer.bos_id)
+                        for s in ("train", "val")}
+        self.stats: dict[str, Any] = {k: {"train": 0, "val": 0} for k in ("docs", "tokens", "bytes")}
+        self.n = 0
+
+    def add(self, ids: list[int] | np.ndarray, n_bytes: int) -> None:
+        """Append the next document (its ids, with or without the leading <|bos|>; its UTF-8 size)."""
+        split = "val" if is_val_doc(self.n, self.val_fraction, self.val_docs) else "train"
+        self.writers[split].add(ids)
+        has_bos = len(ids) > 0 and ids[0] == self.tokenizer.bos_id
+        self.stats["docs"][split] += 1
+        self.stats["tokens"][split] += len(ids) + (0 if has_bos else 1)
+        self.stats["bytes"][split] += n_bytes
+        self.n += 1
+
+    def finish(self, **config: Any) -> dict[str, Any]:
+        if self.n == 0:
+            raise CfError(f"{self.out}: no documents to tokenize")
+        splits = {s: w.close() for s, w in self.writers.items()}
+        stats = self.stats
+        stats["shards"] = {s: len(v) for s, v in splits.items()}
+        stats["bytes_per_token"] = sum(stats["bytes"].values()) / max(1, sum(stats["tokens"].values()))
+        write_shards_json(self.out, splits, self.dtype, self.tokenizer.n_vocab, self.tokenizer.bos_id,
+                          tokenizer_hash(self.tokenizer), stats=stats,
+                          config={"val_fraction": self.val_fraction, "val_docs": self.val_docs,
+                                  "shard_tokens": self.shard_tokens, **config})
+        return stats
+
+
 def tokenize_corpus(tokenizer: Any, docs_iter: Iterable[str | dict], out_dir: str | os.PathLike,
                     val_fraction: float = 0.01, val_docs: int | None = None,
                     shard_tokens: int = 100_000_000, batch_docs: int = 512,
@@ -135,55 +196,24 @@ def tokenize_corpus(tokenizer: Any, docs_iter: Iterable[str | dict], out_dir: st
     first ``val_docs`` documents when given, else an evenly spread ``val_fraction`` of them
     (document 0 always, so a tiny corpus still has a validation split).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # an old shards.json would vouch for files we are about to replace: remove it (and old shards) first
-    (out / SHARDS_JSON).unlink(missing_ok=True)
-    for p in list(out.glob("train_*.bin")) + list(out.glob("val_*.bin")) + list(out.glob("*_*.idx")):
-        p.unlink()
-    vocab = tokenizer.n_vocab
-    dtype = dtype_for_vocab(vocab)
-    writers = {s: ShardWriter(out, s, dtype, shard_tokens, bos_id=tokenizer.bos_id) for s in ("train", "val")}
-    stats = {"docs": {"train": 0, "val": 0}, "tokens": {"train": 0, "val": 0},
-             "bytes": {"train": 0, "val": 0}}
+    w = CorpusWriter(out_dir, tokenizer, val_fraction, val_docs, shard_tokens)
 
-    def is_val(i: int) -> bool:
-        if val_docs is not None:
-            return i < val_docs
-        if val_fraction <= 0:
-            return False
-        return math.floor(i * val_fraction) > math.floor((i - 1) * val_fraction)  # 0, 1/f, 2/f, ...
+    def flush(batch: list[str]) -> None:
+        for text, ids in zip(batch, tokenizer.encode_batch(batch, num_threads=num_threads)):
+            w.add(ids, len(text.encode("utf-8")))
 
-    def flush(batch: list[tuple[int, str]]) -> None:
-        encoded = tokenizer.encode_batch([t for _, t in batch], num_threads=num_threads)
-        for (i, text), ids in zip(batch, encoded):
-            split = "val" if is_val(i) else "train"
-            writers[split].add(ids)
-            stats["docs"][split] += 1
-            stats["tokens"][split] += len(ids) + 1  # + <|bos|>
-            stats["bytes"][split] += len(text.encode("utf-8"))
-
-    batch: list[tuple[int, str]] = []
-    n = 0
-    for n, doc in enumerate(docs_iter, 1):
+    batch: list[str] = []
+    for n, doc in enumerate(docs_iter):
         text = doc["text"] if isinstance(doc, dict) else doc
         if not isinstance(text, str):
-            raise CfError(f"tokenize_corpus: document {n - 1}: expected a string, got {type(text).__name__}")
-        batch.append((n - 1, text))
+            raise CfError(f"tokenize_corpus: document {n}: expected a string, got {type(text).__name__}")
+        batch.append(text)
         if len(batch) >= batch_docs:
             flush(batch)
             batch = []
     if batch:
         flush(batch)
-    if n == 0:
-        raise CfError(f"{out}: tokenize_corpus got no documents")
-    splits = {s: w.close() for s, w in writers.items()}
-    stats["shards"] = {s: len(v) for s, v in splits.items()}
-    stats["bytes_per_token"] = sum(stats["bytes"].values()) / max(1, sum(stats["tokens"].values()))
-    write_shards_json(out, splits, dtype, vocab, tokenizer.bos_id, tokenizer_hash(tokenizer),
-                      stats=stats, config={"val_fraction": val_fraction, "val_docs": val_docs,
-                                           "shard_tokens": shard_tokens})
-    return stats
+    return w.finish()
 
 
 # ----------------------------------------------------------------------------- reading

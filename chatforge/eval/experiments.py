@@ -30,6 +30,7 @@ from chatforge.assistant.tasks import math_correct
 from chatforge.assistant.tools import default_tools
 from chatforge.common import CfError, get_device, make_parser, print0, read_jsonl, run_dir, wilson
 from chatforge.common import data_dir as common_data_dir
+from chatforge.eval.core import core_cli, select_tasks
 from chatforge.eval.knowledge import run_knowledge_experiments
 from chatforge.eval.reasoning import run_reasoning_experiments
 from chatforge.model.checkpoint import load_checkpoint
@@ -181,7 +182,8 @@ def eval_benchmarks(model, tokenizer, specs: Sequence[str], data_dir: Path | Non
 def cli(argv: list[str]) -> None:
     p = make_parser("chatforge eval", "evaluate a checkpoint: the assistant experiments and/or real benchmarks")
     p.add_argument("--run", default="default", help="run name (runs/<run>) or run directory")
-    p.add_argument("--stage", default="sft", help="stage folder whose latest checkpoint is evaluated by --eval-set")
+    p.add_argument("--stage", default=None, help="stage folder whose latest checkpoint is evaluated by --eval-set "
+                                                 "(default sft) or --suite (default base)")
     p.add_argument("--checkpoint", default="", help="explicit checkpoint for --eval-set (overrides --stage)")
     p.add_argument("--experiments", action="store_true", help="run every assistant experiment (knowledge, "
                    "hallucination, identity, thinking, tools, letters; needs <run>/sft_data; writes results.json)")
@@ -190,16 +192,24 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--n", type=int, default=100, help="items per reasoning cell (letters: 4x)")
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME[:N]",
                    help=f"benchmark to run, repeatable: {', '.join(EVAL_SETS)}; N caps the items")
-    p.add_argument("--data-dir", default="", help="folder holding gsm8k/, arc/, mmlu/, hellaswag/ "
-                   "(default: $CHATFORGE_DATA, else ../shared/data beside the checkout)")
+    p.add_argument("--data-dir", default="", help="folder holding gsm8k/, arc/, mmlu/, hellaswag/ and the CORE "
+                                                  "task files (default: $CHATFORGE_DATA, else ../shared/data)")
+    p.add_argument("--suite", choices=["core"], default=None,
+                   help="core: the DCLM CORE suite (centered accuracy per task and averaged) + val bits per byte, "
+                        "recorded in results.json; its data are found under $CHATFORGE_DATA")
+    p.add_argument("--limit", type=int, default=None, help="--suite: at most this many items per task")
+    p.add_argument("--tasks", default="", help="--suite: comma-separated task labels (default: all)")
     p.add_argument("--device", default="auto")
     add_unsafe_python_arg(p)
     p.add_argument("--weights", default="fp32", choices=list(KINDS),
                    help="inference weights: fp32 | bf16 | fp16 | int8 (weight-only, CPU)")
     args = p.parse_args(argv)
     apply_unsafe_python_arg(args)
-    if not args.experiments and not args.knowledge and not args.eval_set:
-        raise CfError("chatforge eval: nothing to do; pass --experiments, --knowledge and/or --eval-set NAME[:N]")
+    if not args.experiments and not args.knowledge and not args.eval_set and not args.suite:
+        raise CfError("chatforge eval: nothing to do; pass --experiments, --knowledge, --eval-set NAME[:N] and/or "
+                      "--suite core (`chatforge eval fetch` downloads the CORE data)")
+    if args.limit is not None and args.limit < 1:
+        raise CfError(f"--limit: expected a positive number of items per task, got {args.limit}")
     if args.n < 1:
         raise CfError(f"--n: expected a positive number of questions, got {args.n}")
     for spec in args.eval_set:
@@ -210,8 +220,13 @@ def cli(argv: list[str]) -> None:
         print0(run_experiments(rd, device=device, n_reason=args.n))
     elif args.knowledge:
         run_knowledge_experiments(rd, device=device)
+    if args.suite == "core":
+        tasks = [t for t in args.tasks.split(",") if t] or None
+        select_tasks(tasks)  # fail on a typo before loading anything
+        ck = load_checkpoint(args.checkpoint or rd / (args.stage or "base"), device=device)
+        core_cli(ck.model, ck.tokenizer, rd, args.limit, device, tasks, Path(args.data_dir) if args.data_dir else None)
     if args.eval_set:
-        ck = load_checkpoint(args.checkpoint or rd / args.stage, device=device)
+        ck = load_checkpoint(args.checkpoint or rd / (args.stage or "sft"), device=device)
         tools = None
         try:
             tools = default_tools(load_world(rd))

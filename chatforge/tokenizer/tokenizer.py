@@ -466,30 +466,54 @@ def load_gguf_vocab(path: str | os.PathLike, pattern: str = GPT2_PATTERN,
 # ----------------------------------------------------------------------------- corpora
 
 def iter_corpus(path: str | os.PathLike) -> Iterator[str]:
-    """Documents from a file or folder (recursive): ``.txt`` = one document, ``.jsonl`` = {"text": ...}."""
+    """Documents from a file or folder (recursive): ``.txt`` = one document, ``.jsonl`` = {"text": ...},
+    ``.parquet`` = its ``text`` column (FineWeb shards from ``chatforge data fetch``)."""
     path = Path(path)
     if not path.exists():
         raise CfError(f"{path}: corpus not found")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")
-                                                 and p.is_file())
+    kinds = (".txt", ".jsonl", ".parquet")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in kinds and p.is_file())
     if not files:
-        raise CfError(f"{path}: no .txt or .jsonl files in corpus")
+        raise CfError(f"{path}: no .txt, .jsonl or .parquet files in corpus")
     for p in files:
         if p.suffix == ".jsonl":
             for n, d in read_jsonl(p):
                 if not isinstance(d.get("text"), str):
                     raise CfError(f"{p}:{n}: expected a JSON object with a string 'text'")
                 yield d["text"]
+        elif p.suffix == ".parquet":
+            import pyarrow.parquet as pq  # lazy import on purpose: only parquet corpora need it
+            try:
+                pf = pq.ParquetFile(p)
+            except (OSError, ValueError) as e:
+                raise CfError(f"{p}: unreadable parquet file ({e})") from None
+            if "text" not in pf.schema_arrow.names:
+                raise CfError(f"{p}: expected a parquet file with a 'text' column, got {pf.schema_arrow.names}")
+            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+                yield from (t for t in batch.column(0).to_pylist() if t)
         else:
             yield p.read_text(encoding="utf-8", errors="replace")
 
 
-def train_from_corpus(corpus_path: str | os.PathLike, vocab_size: int, out_dir: str | os.PathLike) -> Tokenizer:
-    """Train on a corpus folder/file and save the tokenizer directory atomically."""
+def take_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """The documents of ``texts`` until ``max_chars`` characters have been given (the last one cut)."""
+    left = max_chars
+    for t in texts:
+        if left <= 0:
+            return
+        yield t[:left]
+        left -= len(t)
+
+
+def train_from_corpus(corpus_path: str | os.PathLike, vocab_size: int, out_dir: str | os.PathLike,
+                      max_chars: int = 0) -> Tokenizer:
+    """Train on a corpus folder/file (its first ``max_chars`` characters when > 0; nanochat trains on
+    2B characters of FineWeb-Edu) and save the tokenizer directory atomically."""
     stats = {"docs": 0, "bytes": 0}
 
     def texts() -> Iterator[str]:
-        for t in iter_corpus(corpus_path):
+        docs = iter_corpus(corpus_path)
+        for t in (take_chars(docs, max_chars) if max_chars > 0 else docs):
             stats["docs"] += 1
             stats["bytes"] += len(t.encode("utf-8"))
             yield t
@@ -561,8 +585,9 @@ def cli(argv: list[str]) -> None:
     p = make_parser("chatforge tok", "BPE tokenizer: train | encode | decode | show | stats")
     sub = p.add_subparsers(dest="action", required=True)
     tr = sub.add_parser("train", help="train a tokenizer on a corpus")
-    tr.add_argument("--input", help="file/folder of .txt/.jsonl (default: runs/<run>/corpus)")
+    tr.add_argument("--input", help="file/folder of .txt/.jsonl/.parquet (default: runs/<run>/corpus)")
     tr.add_argument("--vocab-size", type=int, default=32768, help="total vocabulary incl. specials")
+    tr.add_argument("--max-chars", type=int, default=0, help="train on the first N characters only (0 = all)")
     tr.add_argument("--out", help="output directory (default: runs/<run>/tokenizer)")
     tr.add_argument("--force", action="store_true",
                     help="write into a non-empty --out (only the tokenizer's files are replaced)")
@@ -585,7 +610,7 @@ def cli(argv: list[str]) -> None:
         corpus = Path(a.input) if a.input else rd / "corpus"
         out = check_out_dir(a.out, a.force) if a.out else rd / "tokenizer"
         print(f"config: {json.dumps({'input': str(corpus), 'vocab_size': a.vocab_size, 'out': str(out)})}")
-        tok = train_from_corpus(corpus, a.vocab_size, out)
+        tok = train_from_corpus(corpus, a.vocab_size, out, a.max_chars)
         t = tok.meta["train"]
         print(f"trained {tok.n_vocab} tokens ({tok.n_merged} merged + {len(tok.specials)} special) on "
               f"{t['docs']} docs / {t['bytes'] / 1e6:.1f} MB in {t['seconds']:.1f}s -> {out}")

@@ -51,7 +51,7 @@ from chatforge.tokenizer.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets, no sparsity), for MFU.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}  # first match wins
 
 SAMPLE_PROMPTS = ["The", "Once upon a time", "It was"]
 

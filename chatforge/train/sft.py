@@ -24,13 +24,13 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from chatforge.assistant.convo import REAL_SOURCES
+from chatforge.assistant.convo import FETCHED_SOURCES, REAL_SOURCES
 from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.common import (CfError, Timer, add_config_args, autocast_ctx, config_from_args, data_dir, get_device,
                               make_parser, print0, print_config, run_dir, seed_all, train_dtype)
@@ -39,7 +39,7 @@ from chatforge.model.checkpoint import load_checkpoint, save_checkpoint
 from chatforge.model.optim import OptimConfig, build_optimizer, lr_at
 from chatforge.tokenizer.tokenizer import load_conversations
 from chatforge.train.pretrain import compile_pays
-from chatforge.train.sft_data import SFTMix, build_sft_data
+from chatforge.train.sft_data import SFTMix, build_sft_data, write_fetched
 
 
 @dataclass
@@ -237,9 +237,14 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--data-dir", default="", help="folder holding the real data sets (default: $CHATFORGE_DATA, "
                    "else ../shared/data beside the checkout)")
     add_unsafe_python_arg(p)
+    p.add_argument("--fetched", action="append", default=[], metavar="NAME=PATH[:N]",
+                   help=f"train on a fetched SFT set ({', '.join(FETCHED_SOURCES)}; `chatforge data fetch`): "
+                        "converted to <run>/sft_data/NAME.jsonl, used as --data when that is not given; repeatable")
     args = p.parse_args(argv)
     apply_unsafe_python_arg(args)
     cfg = config_from_args(SFTConfig, args)
+    if args.fetched:
+        cfg = replace(cfg, data=cfg.data or str(write_fetched(run_dir(cfg.run), args.fetched)))
     print_config(cfg, "sft config")
     if args.build_data:
         if not isinstance(args.real_mix, dict):

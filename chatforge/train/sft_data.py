@@ -303,3 +303,22 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     return summary
 
 
+
+
+# ----------------------------------------------------------------------------- fetched real sets
+
+def write_fetched(rd: Path, specs: list[str]) -> Path:
+    """``NAME=PATH[:N]`` specs (``chatforge sft --fetched``; NAME in convo.FETCHED_SOURCES) -> their
+    conversations in one JSONL under <run>/sft_data/, returned for training."""
+    convs = []
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        path, _, n = rest.rpartition(":") if rest.rpartition(":")[2].isdigit() else (rest, "", "")
+        if name not in convo.FETCHED_SOURCES or not path:
+            raise CfError(f"--fetched {spec}: expected NAME=PATH[:N] with NAME one of {', '.join(convo.FETCHED_SOURCES)}")
+        got = convo.FETCHED_SOURCES[name](path, int(n) if n else None)
+        print0(f"sft: {len(got):,} conversations from {name} ({path})")
+        convs += got
+    out = Path(rd) / "sft_data" / ("fetched.jsonl" if len(specs) > 1 else f"{specs[0].partition('=')[0]}.jsonl")
+    convo.write_conversations(out, convs)
+    return out
