@@ -350,7 +350,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
             continue
         t = _field_type(cls, f)
         flag = "--" + f.name.replace("_", "-")
-        helptext = f.metadata.get("help", "") + f" (default: {default})"
+        # argparse %-formats help strings: a literal "95%" must reach it as "95%%"
+        helptext = (f.metadata.get("help", "") + f" (default: {default})").replace("%", "%%")
         if t is bool:
             kw: dict[str, Any] = dict(action=argparse.BooleanOptionalAction)
         elif t in (int, float, str):
