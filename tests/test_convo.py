@@ -1,14 +1,13 @@
 """Conversation builders: knowledge-probing refusals, real-data loaders, malformed input."""
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 from chatforge.assistant import convo
-from chatforge.common import CfError, read_jsonl
+from chatforge.common import CfError, data_dir, read_jsonl
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 
 
 def test_probe_decisions_turn_confident_wrong_answers_into_refusals():

@@ -9,11 +9,11 @@ import pytest
 
 from chatforge.data import dedup as D
 from chatforge.data import filters as F
-from chatforge.common import CfError
+from chatforge.common import CfError, data_dir
 from chatforge.data.crawl import CrawlReader, demo_docs, make_crawl
 from chatforge.data.curate import DataConfig, cli, evaluate_filters, extraction_benchmark, run_pipeline
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 
 
 def need(sub: str) -> Path:

@@ -1,14 +1,13 @@
 """Evaluation: Wilson intervals, answer extraction, benchmark loaders and scoring."""
 import math
-from pathlib import Path
 
 import pytest
 
 from chatforge.assistant import tasks
 from chatforge.eval import experiments as ev
-from chatforge.common import CfError
+from chatforge.common import CfError, data_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 
 
 def _wilson_by_inversion(k, n, z=1.96):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from chatforge.common import CfError
+from chatforge.common import CfError, data_dir
 from chatforge.model.gpt import GPT, GPTConfig
 from chatforge.model.hf import cli, from_hf, from_llama2c, permute_interleaved_to_half, to_hf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 STORIES = DATA / "llama2c-stories260K" / "stories260K.bin"
 TOL = 1e-4
 

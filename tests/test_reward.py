@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
-from chatforge.common import CfError
-from chatforge.common import make_config
+from chatforge.common import CfError, data_dir, make_config
 from chatforge.rl import preferences as P
 from chatforge.rl import reward as R
 from rl_helpers import ByteTokenizer, tiny_gpt
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 
 
 def test_preference_file_errors_name_the_record(tmp_path):

@@ -2,7 +2,6 @@
 its loss mask, conversation parsing/validation, save/load, HF export parity, GPT-2 test vectors, CLI."""
 import json
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,12 +9,12 @@ from hypothesis import strategies as st
 
 from chatforge.tokenizer import bpe
 from chatforge.cli import main as cf_main
-from chatforge.common import CfError
+from chatforge.common import CfError, data_dir
 from chatforge.tokenizer.tokenizer import (SPECIAL_TOKENS, StreamDecoder, Tokenizer, export_hf_tokenizer,
                                  load_conversations, load_gguf_vocab, normalize_conversation, parse_conversation,
                                  train_tokenizer, validate_conversation)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 GGUF = DATA / "llama-cpp-vocab-gguf" / "ggml-vocab-gpt-2.gguf"
 
 WORDS = ("the of and to a in is it you that he was for on are with as his they be at one have this from "
