@@ -8,7 +8,7 @@ from chatforge.assistant.convo import letter_conversation, math_conversation
 from chatforge.assistant.tools import ToolBox
 from chatforge.common import CfError
 from chatforge.model.batching import collate
-from chatforge.model.engine import Engine, few_shot_prefix, naive_generate, sample_next
+from chatforge.model.engine import Engine, few_shot_prefix, naive_generate, sample_categorical, sample_next
 from chatforge.model.gpt import GPT, GPTConfig
 
 SPECIALS = ["<|bos|>", "<|assistant_end|>", "<|tool_start|>", "<|tool_end|>", "<|output_start|>", "<|output_end|>"]
@@ -302,3 +302,18 @@ def test_generate_many_with_tools_matches_one_at_a_time():
     for max_batch in (3, 32):
         seqs, masks = eng.generate_many_masked(prompts, 40, max_batch=max_batch)
         assert seqs == ref_seqs and masks == ref_masks
+
+
+def test_sample_categorical_matches_multinomial_and_never_picks_zero_mass():
+    """The inverse-CDF sampler (fast path) against torch.multinomial (its slow twin): the same
+    frequencies on a skewed distribution with zero-mass tokens, and u at the top of [0, 1) stays on a
+    token that has mass."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40_000, 1)          # (N, V)
+    fast = sample_categorical(probs, torch.rand(len(probs), 1, generator=g))
+    slow = torch.multinomial(probs, 1, generator=g).squeeze(-1)
+    f_fast, f_slow = (torch.bincount(x, minlength=6).float() / len(x) for x in (fast, slow))
+    assert f_fast[[0, 2, 5]].sum() == 0
+    assert torch.allclose(f_fast, probs[0], atol=0.01) and torch.allclose(f_fast, f_slow, atol=0.015)
+    edge = sample_categorical(probs[:2], torch.tensor([[0.0], [1.0 - 1e-12]]))
+    assert edge.tolist() == [1, 4]

@@ -33,7 +33,10 @@ from chatforge.tokenizer.tokenizer import StreamDecoder
 
 # generate_many: rows in flight, and prompts per prefill forward (length-sorted, so one chunk pads
 # little); both chosen by measurement (bench/generate.py, dev/LOG.md)
-DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_BATCH = 32        # rows in flight in generate_many at least ...
+MAX_BATCH_CAP = 256           # ... and at most, as many as fit in
+CACHE_BUDGET_BYTES = 256 << 20   # this much KV cache (d4 at 150 positions: 256 rows; the speedrun's
+#                               best-of-N decodes 2.1x faster at 256 rows than at 32; dev/LOG.md)
 PREFILL_CHUNK = 8
 
 
@@ -53,6 +56,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         raise CfError(f"top_p: expected a value in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1)
+    probs = filtered_probs(logits, temperature, top_k, top_p)                  # (B, V)
+    return sample_categorical(probs, torch.rand(probs.size(0), 1, generator=generator, device=probs.device))
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """Next-token probabilities (B, V) after temperature (> 0), top-k and top-p (see sample_next)."""
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]                  # (B, 1)
@@ -63,8 +73,19 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         before = torch.cumsum(probs, dim=-1) - probs                            # mass of strictly better tokens
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of probs (B, V), given one uniform u in [0, 1) per row (B, 1): inverse-CDF
+    sampling, the first token whose cumulative mass exceeds u x (row total). Exact, and on CPU ~30x
+    faster than ``torch.multinomial(probs, 1)`` at V = 4096 (2.1 ms vs 0.07 ms for 16 rows; multinomial
+    was 40% of the speedrun's best-of-N decode time, dev/LOG.md). The target is kept strictly below the
+    total, so the token found always has mass: cdf[i-1] <= target < cdf[i] means probs[i] > 0."""
+    cdf = probs.cumsum(dim=-1)                                                  # (B, V), non-decreasing
+    total = cdf[:, -1:]                                                         # (B, 1)
+    target = torch.minimum(u.to(cdf.dtype) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)              # (B,)
 
 
 # ----------------------------------------------------------------------------- per-sample state
@@ -231,6 +252,13 @@ class Engine:
         return self.generate_many_masked(prompts, max_new_tokens, temperature, top_k, seed, num_samples,
                                          stop_tokens, **kw)[0]
 
+    def auto_max_batch(self, max_len: int) -> int:
+        """Rows in flight when the caller does not say: as many as CACHE_BUDGET_BYTES of KV cache holds
+        at ``max_len`` positions, between DEFAULT_MAX_BATCH and MAX_BATCH_CAP."""
+        c = self.model.config
+        per_row = 2 * c.n_layer * c.n_kv_head * c.head_dim * min(max_len, c.seq_len) * self.cache_dtype.itemsize
+        return max(DEFAULT_MAX_BATCH, min(MAX_BATCH_CAP, CACHE_BUDGET_BYTES // max(1, per_row)))
+
     def generate_many_masked(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                              top_k: int | None = None, seed: int = 0, num_samples: int = 1,
                              stop_tokens: list[int] | None = None, top_p: float | None = None,
@@ -252,7 +280,7 @@ class Engine:
             raise CfError(f"num_samples: expected >= 1, got {num_samples}")
         if temperature < 0:
             raise CfError(f"temperature: expected >= 0, got {temperature}")
-        S = max(max_batch or DEFAULT_MAX_BATCH, num_samples)
+        S = max(max_batch or self.auto_max_batch(max(map(len, prompts), default=0) + max_new_tokens), num_samples)
         stops = set(self.default_stop_tokens() if stop_tokens is None else stop_tokens)
         seqs: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
         masks: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
@@ -319,18 +347,18 @@ class Engine:
         temperature, top_k, top_p = sampler
         if temperature == 0:
             picked = logits.argmax(dim=-1).tolist()
-        else:                      # one sample_next per prompt over all of its samples (generate's stream)
-            picked = [0] * len(rows)
+        else:   # one set of probabilities for all rows; the uniforms come from each prompt's generator,
+            # drawn for all of its samples (finished ones included), exactly as generate draws them
+            probs = filtered_probs(logits, temperature, top_k, top_p)              # (B, V)
+            u = torch.empty(len(rows), 1, device=logits.device)
             groups: dict[int, list[int]] = {}
             for j, r in enumerate(rows):
                 groups.setdefault(id(r.group), []).append(j)
             for js in groups.values():
                 g = rows[js[0]].group
-                full = torch.zeros(g.size, logits.size(-1), device=logits.device)   # placeholders (N, V)
-                full[[rows[j].sample for j in js]] = logits[js]
-                out = sample_next(full, temperature, top_k, top_p, g.gen).tolist()
-                for j in js:
-                    picked[j] = out[rows[j].sample]
+                draws = torch.rand(g.size, 1, generator=g.gen, device=logits.device)   # (N, 1)
+                u[js] = draws[[rows[j].sample for j in js]]
+            picked = sample_categorical(probs, u).tolist()
         seq_len = self.model.config.seq_len
         for r, tok in zip(rows, picked):
             tok, mask = self._take(r.st, tok, stops)
