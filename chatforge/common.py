@@ -459,23 +459,49 @@ def paired_bootstrap(a: typing.Sequence[float], b: typing.Sequence[float], clust
         raise ValueError(f"paired_bootstrap: {len(a)} vs {len(b)} scores; pairs must match")
     if not a:
         return float("nan"), float("nan"), float("nan")
-    keys = list(clusters) if clusters is not None else list(range(len(a)))
-    groups: dict[Any, list[float]] = {}
-    for k, x, y in zip(keys, a, b):
-        groups.setdefault(k, []).append(float(x) - float(y))
-    sums = [sum(v) for v in groups.values()]   # per cluster: sum of differences, and item count
-    counts = [len(v) for v in groups.values()]
-    delta = sum(sums) / sum(counts)
+    sums, counts = _cluster_sums([float(x) - float(y) for x, y in zip(a, b)],
+                                 list(clusters) if clusters is not None else list(range(len(a))))
     rng = random.Random(seed)
     m = len(sums)
-    stats = []
-    for _ in range(n_boot):
+
+    def draw() -> float:
         idx = [rng.randrange(m) for _ in range(m)]
-        stats.append(sum(sums[i] for i in idx) / sum(counts[i] for i in idx))
-    stats.sort()
-    lo = stats[int((1 - level) / 2 * n_boot)]
-    hi = stats[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
-    return delta, lo, hi
+        return sum(sums[i] for i in idx) / sum(counts[i] for i in idx)
+    return (sum(sums) / sum(counts), *_percentile_interval([draw() for _ in range(n_boot)], level))
+
+
+def independent_bootstrap(a: typing.Sequence[float], clusters_a: typing.Sequence[Any], b: typing.Sequence[float],
+                          clusters_b: typing.Sequence[Any], n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) - mean(b) for two groups of *different* clusters (e.g. two groups of people), with a
+    percentile bootstrap interval that resamples the clusters of each group independently (an
+    unpaired comparison; ``paired_bootstrap`` is the one for two conditions on the same items).
+    Returns (delta, lo, hi)."""
+    if not a or not b:
+        return float("nan"), float("nan"), float("nan")
+    (sa, na), (sb, nb) = _cluster_sums(a, clusters_a), _cluster_sums(b, clusters_b)
+    rng = random.Random(seed)
+
+    def mean_of_draw(sums: list[float], counts: list[int]) -> float:
+        idx = [rng.randrange(len(sums)) for _ in sums]
+        return sum(sums[i] for i in idx) / sum(counts[i] for i in idx)
+    stats = [mean_of_draw(sa, na) - mean_of_draw(sb, nb) for _ in range(n_boot)]
+    return (sum(a) / len(a) - sum(b) / len(b), *_percentile_interval(stats, level))
+
+
+def _cluster_sums(values: typing.Sequence[float], clusters: typing.Sequence[Any]) -> tuple[list[float], list[int]]:
+    """Per cluster (in first-seen order): the sum of its values and its item count."""
+    groups: dict[Any, list[float]] = {}
+    for k, x in zip(clusters, values):
+        groups.setdefault(k, []).append(float(x))
+    return [sum(v) for v in groups.values()], [len(v) for v in groups.values()]
+
+
+def _percentile_interval(stats: list[float], level: float) -> tuple[float, float]:
+    """The percentile bootstrap interval of the statistic's bootstrap draws."""
+    stats = sorted(stats)
+    n = len(stats)
+    return stats[int((1 - level) / 2 * n)], stats[min(n - 1, int((1 + level) / 2 * n))]
 
 
 # ----------------------------------------------------------------------------- devices and seeds

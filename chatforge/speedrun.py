@@ -82,7 +82,6 @@ STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample",
 
 # What a run writes into its directory; a new run clears exactly these (never anything else there).
 RUN_OUTPUTS = ["world", "corpus", "crawl", "data", "tokenizer", "shards", "base", "sft_data", "sft", "sft_ablation",
-               "sft_no_idk", "sft_no_identity",
                "rl", "rm", "rlhf", "dpo", "eval", "arena", "report", "report.md", "results.json", "speedrun.json"]
 
 
@@ -271,7 +270,8 @@ def stage_rl(ctx: dict, report: Report) -> None:
                                eval_problems=p["n_eval_rl"], group_size=p["rl_group"], dtype=cfg.dtype)
     report.add("rl", md)
     if p["bon_prompts"]:  # preferences: RM on the SFT model's own replies, best-of-N, DPO
-        md, _ = run_preference_stage(ctx["rd"], device=device, n_bon=p["bon_prompts"], eval_problems=p["n_eval_rl"])
+        md, _ = run_preference_stage(ctx["rd"], device=device, n_bon=p["bon_prompts"], eval_problems=p["n_eval_rl"],
+                                     sft_outcomes=metrics["sft_outcomes"])   # the same SFT measurement, not redone
         report.add("preferences", md)
 
 

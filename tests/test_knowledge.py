@@ -1,16 +1,13 @@
 """The knowledge / hallucination / identity experiments: the world cannot leak who is known, the
-evaluation can fail, batched greedy decoding equals one-at-a-time decoding."""
+evaluation can fail (batched greedy decoding is tested against one-at-a-time in tests/test_engine.py)."""
 import statistics
 
 import pytest
-import torch
 
 import chatforge.eval.knowledge as K
 from chatforge.assistant import convo
-from chatforge.model.engine import naive_generate
-from chatforge.model.gpt import GPT, GPTConfig
 from chatforge.tokenizer.tokenizer import train_tokenizer
-from chatforge.train.sft_data import IDENTITY_HELDOUT, IDENTITY_TRAIN, greedy_many
+from chatforge.train.sft_data import IDENTITY_HELDOUT, IDENTITY_TRAIN
 from chatforge.world.build import build_world, qa_items, WorldConfig
 
 import random
@@ -80,34 +77,16 @@ def test_identity_wordings_held_out_and_judged_by_whole_words():
     assert not K.identity_judge(ident, "maker", "I was made by a small lab.")
 
 
-def test_independent_bootstrap():
-    a, b = [1] * 20, [0] * 20
-    d = K.independent_bootstrap(a, list(range(20)), b, list(range(20, 40)))
-    assert d["delta"] == 1.0 and d["ci"] == [1.0, 1.0]
-    x = [1, 0] * 50
-    d = K.independent_bootstrap(x, list(range(100)), x, list(range(100, 200)))
-    assert d["delta"] == 0 and d["ci"][0] < 0 < d["ci"][1]
-
-
-def test_greedy_many_matches_one_at_a_time():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=64, seq_len=32)).eval()
-    prompts = [[1, 5, 9], [2, 7, 7, 3, 1], [4, 4, 4], [9], [3, 8, 1, 2, 6]]
-    got = greedy_many(model, prompts, max_new_tokens=8, stop_tokens=[0], max_batch=2)
-    want = [naive_generate(model, p, 8, temperature=0.0, stop_tokens=[0]) for p in prompts]
-    assert got == want
-
-
 def test_run_knowledge_experiments_end_to_end_on_a_tiny_run(tmp_path):
-    """SFT data -> SFT -> the two ablation SFTs -> results.json with the issue's ids and conditions."""
+    """SFT data -> SFT -> the ablation SFT -> results.json with the issue's ids and conditions."""
     import json
 
     from assistant_helpers import tiny_run
     from chatforge.train.sft import SFTConfig, sft
     from chatforge.train.sft_data import SFTMix, build_sft_data
     rd, _, _, _ = tiny_run(tmp_path)
-    (rd / "sft_no_idk").mkdir()  # a stale folder of an earlier run is replaced, never scored
-    (rd / "sft_no_idk" / "step_000999").mkdir()
+    (rd / "sft_ablation").mkdir()  # a stale folder of an earlier run is replaced, never scored
+    (rd / "sft_ablation" / "step_000999").mkdir()
     mix = SFTMix(n_known_qa=10, n_idk=6, n_identity=4, n_persona=2, n_math_per_style=2, n_letters_per_style=2,
                  n_search=2, n_eval_unknown=4)
     build_sft_data(rd, mix=mix)  # greedy probing of the (untrained) base, for real
@@ -124,5 +103,5 @@ def test_run_knowledge_experiments_end_to_end_on_a_tiny_run(tmp_path):
     assert "heldout_k8 - heldout_k1" in res["knowledge"]["diffs"]
     assert "unknown_with_idk - unknown_without_idk" in res["hallucination"]["diffs"]
     assert res["identity"]["conditions"]["with_data"]["n"] >= 40
-    assert [p.name for p in (rd / "sft_no_idk").iterdir()] == ["step_000002"]
+    assert [p.name for p in (rd / "sft_ablation").iterdir()] == ["step_000002"]
     assert "target" in md and "### Identity" in md

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from chatforge.common import paired_bootstrap
+from chatforge.common import independent_bootstrap, paired_bootstrap
 from chatforge.report import condition, experiment, load_results, results_table, update_results
 
 
@@ -19,6 +19,19 @@ def test_paired_bootstrap_matches_the_normal_interval_of_a_mean_difference():
     se = statistics.pstdev(diffs) / math.sqrt(len(diffs))
     assert d == pytest.approx(statistics.fmean(diffs))
     assert lo == pytest.approx(d - 1.96 * se, abs=0.01) and hi == pytest.approx(d + 1.96 * se, abs=0.01)
+
+
+def test_independent_bootstrap_matches_the_normal_interval_of_two_proportions():
+    """Two groups of different people: the interval approaches d +- 1.96 sqrt(p1 q1 / n1 + p2 q2 / n2)."""
+    rng = random.Random(5)
+    a = [float(rng.random() < 0.6) for _ in range(500)]
+    b = [float(rng.random() < 0.4) for _ in range(400)]
+    d, lo, hi = independent_bootstrap(a, range(500), b, range(500, 900), n_boot=4000, seed=2)
+    pa, pb = statistics.fmean(a), statistics.fmean(b)
+    se = math.sqrt(pa * (1 - pa) / len(a) + pb * (1 - pb) / len(b))
+    assert d == pytest.approx(pa - pb)
+    assert lo == pytest.approx(d - 1.96 * se, abs=0.012) and hi == pytest.approx(d + 1.96 * se, abs=0.012)
+    assert independent_bootstrap([1] * 20, range(20), [0] * 20, range(20, 40)) == (1.0, 1.0, 1.0)
 
 
 def test_paired_bootstrap_pairing_and_clusters():

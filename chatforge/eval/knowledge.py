@@ -16,10 +16,11 @@ What each claims, and how it is measured (all greedy, batched, on items never tr
   the base model gets wrong, and questions about people it never saw, into "I don't know" targets.
   Conditions: the rate of informative (non-refusal) answers about unknown people, with and without
   those refusals in SFT, and the accuracy on held-out known people with and without them (a model
-  that refuses everyone scores 0 there). The "without IDK" model is an ablation SFT on the same
-  mixture with the truth in place of every refusal, trained here with the main SFT's steps.
-* ``identity``: does the model say who it is on wordings it never saw? Conditions: ``no_data`` (an
-  ablation SFT without the identity conversations), ``system_prompt`` (that model with "You are
+  that refuses everyone scores 0 there). The "without IDK" model is the ablation SFT: the same
+  mixture with the truth in place of every refusal and without the identity conversations, trained
+  here with the main SFT's steps.
+* ``identity``: does the model say who it is on wordings it never saw? Conditions: ``no_data`` (the
+  ablation SFT, without the identity conversations), ``system_prompt`` (that model with "You are
   <name>, made by <maker>."), ``with_data`` (the main SFT). Judged by whole words ("Forge" does not
   match "chatforge").
 
@@ -29,7 +30,6 @@ intervals and paired-bootstrap differences (clusters = person) in ``results.json
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
 import shutil
 import time
@@ -38,14 +38,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from chatforge.assistant.convo import answer_matches, chat, is_refusal, parse_reply, system_prompt_for
-from chatforge.common import get_device, make_config, print0, read_json, run_dir
+from chatforge.common import get_device, independent_bootstrap, make_config, print0, read_json, run_dir
 from chatforge.model.checkpoint import Checkpoint, load_checkpoint
+from chatforge.model.engine import Engine
 from chatforge.report import condition, experiment, fmt_rate, results_table, update_results
 from chatforge.train.sft import sft, SFTConfig
-from chatforge.train.sft_data import first_sentence, greedy_many, PROBE_CLOZE
+from chatforge.train.sft_data import first_sentence, PROBE_CLOZE
 
-# ablation SFT models: stage folder -> training file under sft_data/
-ABLATIONS = {"sft_no_idk": "train_no_idk.jsonl", "sft_no_identity": "train_no_identity.jsonl"}
+# the ablation SFT model (no refusals, no identity data): stage folder, training file under sft_data/
+ABLATION = ("sft_ablation", "train_ablation.jsonl")
 TARGETS = {"heldout_k8": 0.80, "unknown_with_idk": 0.10, "known_drop": 0.10, "with_data": 0.90}
 
 
@@ -57,14 +58,15 @@ def chat_replies(ck: Checkpoint, questions: Sequence[str], system: str | None = 
     tok = ck.tokenizer
     prompts = [tok.render_for_completion(chat(q, system=system)) for q in questions]
     stops = [tok.special("<|assistant_end|>"), tok.bos_id]
-    return [parse_reply(tok, g)[0] for g in greedy_many(ck.model, prompts, max_new_tokens, stops)]
+    return [parse_reply(tok, g)[0] for g in Engine(ck.model, tok).generate_many(prompts, max_new_tokens, 0.0, stop_tokens=stops)]
 
 
 def cloze_answers(ck: Checkpoint, items: Sequence[dict], max_new_tokens: int = 10) -> list[str]:
     """Greedy completions of the probing cloze prompts (``<name> was born in the year``), first sentence."""
     tok = ck.tokenizer
     prompts = [[tok.bos_id] + tok.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"])) for it in items]
-    return [first_sentence(tok, g) for g in greedy_many(ck.model, prompts, max_new_tokens, [tok.bos_id])]
+    gens = Engine(ck.model, tok).generate_many(prompts, max_new_tokens, 0.0, stop_tokens=[tok.bos_id])
+    return [first_sentence(tok, g) for g in gens]
 
 
 def correct(replies: Sequence[str], items: Sequence[dict]) -> list[int]:
@@ -88,27 +90,6 @@ def majority_answers(train_items: Sequence[dict], items: Sequence[dict]) -> list
     top = {a: Counter(it["answer"] for it in train_items if it["attribute"] == a).most_common(1)
            for a in {it["attribute"] for it in items}}
     return [top[it["attribute"]][0][0] if top[it["attribute"]] else "" for it in items]
-
-
-def independent_bootstrap(a: Sequence[int], ca: Sequence[Any], b: Sequence[int], cb: Sequence[Any],
-                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """mean(a) - mean(b) for two groups of *different* clusters (people), with a percentile bootstrap
-    interval that resamples the clusters of each group independently (an unpaired comparison)."""
-    def sums(x, c):
-        g: dict[Any, list[int]] = {}
-        for v, k in zip(x, c):
-            g.setdefault(k, []).append(v)
-        return [(sum(v), len(v)) for v in g.values()]
-    sa, sb = sums(a, ca), sums(b, cb)
-    rng = random.Random(seed)
-
-    def draw(s):
-        pick = [s[rng.randrange(len(s))] for _ in s]
-        return sum(k for k, _ in pick) / sum(n for _, n in pick)
-    stats = sorted(draw(sa) - draw(sb) for _ in range(n_boot))
-    delta = sum(a) / len(a) - sum(b) / len(b)
-    lo, hi = stats[int((1 - level) / 2 * n_boot)], stats[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
-    return {"delta": delta, "ci": [lo, hi], "method": "bootstrap (independent groups, clusters = person)"}
 
 
 # ----------------------------------------------------------------------------- ablation models
@@ -137,8 +118,10 @@ def knowledge_experiment(main: Checkpoint, base: Checkpoint, people: dict[str, l
     out["sft_cloze_k8"] = correct(cloze_answers(main, k8), k8)
     exp = experiment(out, diffs=[("heldout_k8", "majority_baseline"), ("sft_cloze_k8", "base_cloze_k8"),
                                  ("heldout_k8", "sft_cloze_k8")], clusters=[it["person"] for it in k8])
-    exp["diffs"]["heldout_k8 - heldout_k1"] = independent_bootstrap(
-        out["heldout_k8"], [it["person"] for it in k8], out["heldout_k1"], [it["person"] for it in k1])
+    delta, lo, hi = independent_bootstrap(out["heldout_k8"], [it["person"] for it in k8],
+                                          out["heldout_k1"], [it["person"] for it in k1])
+    exp["diffs"]["heldout_k8 - heldout_k1"] = {"delta": delta, "ci": [lo, hi],
+                                               "method": "bootstrap (independent groups, clusters = person)"}
     b, s, q = out["base_cloze_k8"], out["sft_cloze_k8"], out["heldout_k8"]
     exp["reprobe"] = {"base_knew": sum(b), "base_knew_sft_forgot": sum(x and not y for x, y in zip(b, s)),
                       "sft_knows_not_extracted": sum(y and not z for y, z in zip(s, q)),
@@ -148,11 +131,11 @@ def knowledge_experiment(main: Checkpoint, base: Checkpoint, people: dict[str, l
     return exp
 
 
-def hallucination_experiment(main: Checkpoint, no_idk: Checkpoint, people: dict[str, list[dict]]) -> dict[str, Any]:
+def hallucination_experiment(main: Checkpoint, ablation: Checkpoint, people: dict[str, list[dict]]) -> dict[str, Any]:
     k8, unk = people["heldout_k8"], people["unknown"]
     qk, qu = [it["question"] for it in k8], [it["question"] for it in unk]
-    rk = {"with_idk": chat_replies(main, qk), "without_idk": chat_replies(no_idk, qk)}
-    ru = {"with_idk": chat_replies(main, qu), "without_idk": chat_replies(no_idk, qu)}
+    rk = {"with_idk": chat_replies(main, qk), "without_idk": chat_replies(ablation, qk)}
+    ru = {"with_idk": chat_replies(main, qu), "without_idk": chat_replies(ablation, qu)}
     out = {f"unknown_{c}": informative(ru[c]) for c in ru} | {f"known_{c}": correct(rk[c], k8) for c in rk}
     majority = majority_answers(people["train_qa"], k8)
     out["majority_known"] = correct(majority, k8)  # a prior that never refuses: it hallucinates on every unknown
@@ -169,11 +152,11 @@ def hallucination_experiment(main: Checkpoint, no_idk: Checkpoint, people: dict[
     return exp
 
 
-def identity_experiment(main: Checkpoint, no_identity: Checkpoint, identity: dict,
+def identity_experiment(main: Checkpoint, ablation: Checkpoint, identity: dict,
                         questions: list[dict]) -> dict[str, Any]:
     qs = [q["question"] for q in questions]
-    replies = {"no_data": chat_replies(no_identity, qs, max_new_tokens=24),
-               "system_prompt": chat_replies(no_identity, qs, system=system_prompt_for(identity), max_new_tokens=24),
+    replies = {"no_data": chat_replies(ablation, qs, max_new_tokens=24),
+               "system_prompt": chat_replies(ablation, qs, system=system_prompt_for(identity), max_new_tokens=24),
                "with_data": chat_replies(main, qs, max_new_tokens=24)}
     replies["constant_baseline"] = ["I am a chat assistant."] * len(qs)
     out = {c: [int(identity_judge(identity, q["kind"], r)) for q, r in zip(questions, rs)] for c, rs in replies.items()}
@@ -229,8 +212,8 @@ def render_markdown(res: dict[str, dict], seconds: dict[str, float]) -> str:
 
 
 def run_knowledge_experiments(run: str | Path, device: str = "auto", n_eval: int = 0) -> str:
-    """The three experiments on ``<run>/sft`` (+ ``<run>/base`` for the re-probe), training the two
-    ablation SFT models first; writes their objects into ``<run>/results.json`` and returns markdown.
+    """The three experiments on ``<run>/sft`` (+ ``<run>/base`` for the re-probe), training the
+    ablation SFT model first; writes their objects into ``<run>/results.json`` and returns markdown.
     ``n_eval`` > 0 caps the items per cell (tests); 0 = every item of the world's groups."""
     rd = run_dir(run)
     device = get_device(device)
@@ -240,12 +223,12 @@ def run_knowledge_experiments(run: str | Path, device: str = "auto", n_eval: int
     base = load_checkpoint(rd / "base", device=device, tokenizer=main.tokenizer)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    ablations = {out: train_ablation(rd, main, out, data, device) for out, data in ABLATIONS.items()}
-    seconds["ablation SFTs"] = time.perf_counter() - t0
+    ablation = train_ablation(rd, main, *ABLATION, device)
+    seconds["ablation SFT"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = {"knowledge": knowledge_experiment(main, base, people),
-           "hallucination": hallucination_experiment(main, ablations["sft_no_idk"], people),
-           "identity": identity_experiment(main, ablations["sft_no_identity"], ev["identity"], ev["identity_questions"])}
+           "hallucination": hallucination_experiment(main, ablation, people),
+           "identity": identity_experiment(main, ablation, ev["identity"], ev["identity_questions"])}
     seconds["evaluation"] = time.perf_counter() - t0
     for exp_id, obj in res.items():
         update_results(rd, exp_id, obj)

@@ -59,7 +59,11 @@ def greedy_eval(policy, tokenizer, problems: list[dict], max_new_tokens: int, rm
 
 # ----------------------------------------------------------------------------- measuring a policy
 
-def policy_outcomes(model, tokenizer, problems: list[dict], k: int, max_new_tokens: int, seed: int = 10_000) -> dict:
+OUTCOME_SEED = 10_000   # sampling seeds of every policy measurement (item i: OUTCOME_SEED + i): outcomes pair
+
+
+def policy_outcomes(model, tokenizer, problems: list[dict], k: int, max_new_tokens: int,
+                    seed: int = OUTCOME_SEED) -> dict:
     """Per held-out item: greedy correct (0/1), correct of ``k`` samples at T=1, and reply lengths.
 
     The same seeds for every policy, so two policies' outcomes pair item by item (paired bootstrap)."""
@@ -70,7 +74,8 @@ def policy_outcomes(model, tokenizer, problems: list[dict], k: int, max_new_toke
     text = lambda ids: parse_reply(tokenizer, ids)[0]  # noqa: E731
     return {"greedy": [int(math_correct(text(g[0]), p["answer"])) for g, p in zip(greedy, problems)],
             "correct_of_k": [sum(math_correct(text(s), p["answer"]) for s in ss) for ss, p in zip(sampled, problems)],
-            "k": k, "greedy_len": sum(len(g[0]) for g in greedy) / max(1, len(greedy))}
+            "k": k, "greedy_len": sum(len(g[0]) for g in greedy) / max(1, len(greedy)),
+            "questions": [p["question"] for p in problems], "max_new_tokens": max_new_tokens, "seed": seed}
 
 
 def measured_experiment(outs: dict[str, dict], baseline: str, **extra) -> dict:
@@ -174,7 +179,7 @@ def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, d
           f"![reward and response length]({fig.relative_to(rd).as_posix()})", "", f"RL stage took {seconds:.0f}s."]
     metrics = {"rl_steps": exp["steps"], "rl_seconds": seconds, "rl_sft_acc": exp["conditions"]["sft"]["rate"],
                "rl_grpo_acc": exp["conditions"]["grpo"]["rate"], "rl_control_acc": exp["conditions"]["control"]["rate"],
-               "rl_checkpoint": str(runs["grpo"]["path"])}
+               "rl_checkpoint": str(runs["grpo"]["path"]), "sft_outcomes": outs["sft"]}
     return "\n".join(md) + "\n", metrics
 
 
@@ -255,12 +260,14 @@ def best_of_n_experiment(rm, tok, problems: list[dict], samples: list[list[str]]
 def run_preference_stage(run_dir_: str | Path, device: str = "cpu", n_prompts: int = 240, n_own: int = 4,
                          n_bon: int = 200, ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), max_new_tokens: int = 80,
                          eval_problems: int = 400, eval_k: int = 4, style: str = "worked",
-                         rm_epochs: float = 2.0, dpo_epochs: float = 1.0) -> tuple[str, dict]:
+                         rm_epochs: float = 2.0, dpo_epochs: float = 1.0,
+                         sft_outcomes: dict | None = None) -> tuple[str, dict]:
     """Preferences in the default run, on worked chains: a reward model on pairs of the SFT model's
     own replies labelled by the hidden gold rule with annotator noise (held-out pair accuracy);
     best-of-N (N = 1..64) on ``n_bon`` held-out prompts chosen by the checker, the RM and majority
     vote (results.json ``best_of_n`` and one plot); DPO on on-policy pairs (correct vs wrong replies),
-    measured like GRPO (``dpo``: conditions sft, dpo)."""
+    measured like GRPO (``dpo``: conditions sft, dpo). ``sft_outcomes`` (the RL stage's measurement
+    of the same SFT model) is reused when it was taken on the same items with the same settings."""
     rd = Path(run_dir_)
     t0 = time.perf_counter()
     ck = load_model(rd, device, stage="sft", what="sft")
@@ -290,7 +297,10 @@ def run_preference_stage(run_dir_: str | Path, device: str = "cpu", n_prompts: i
     t_bon = time.perf_counter()
     dpo_pairs, dpo_val = split_pairs(on_policy, 0.1, rng)
     held = test[:eval_problems]
-    outs = {"sft": policy_outcomes(ck.model, tok, held, eval_k, max_new_tokens)}
+    same = sft_outcomes is not None and (sft_outcomes["questions"], sft_outcomes["k"], sft_outcomes["max_new_tokens"],
+                                         sft_outcomes["seed"]) == ([p["question"] for p in held], eval_k, max_new_tokens,
+                                                                   OUTCOME_SEED)
+    outs = {"sft": sft_outcomes if same else policy_outcomes(ck.model, tok, held, eval_k, max_new_tokens)}
     dpo_m = {"val_acc": float("nan")}
     if dpo_pairs:  # an SFT model that is never (or always) right has no on-policy pairs: DPO is skipped
         dpo_policy, dpo_m, _ = train_dpo(make_config(DPOConfig, run=str(rd), out=str(rd / "dpo"), epochs=dpo_epochs,

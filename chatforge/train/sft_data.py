@@ -13,15 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
 from chatforge.assistant import convo
 from chatforge.assistant.convo import sample_replies_many
 from chatforge.assistant.tools import default_tools
 from chatforge.common import CfError, Timer, atomic_write_json, get_device, print0, run_dir, write_meta
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
-from chatforge.model.gpt import KVCache
 from chatforge.world.build import load_identity, load_world, qa_items
 from chatforge.world.pages import short_answer
 
@@ -59,42 +56,6 @@ PROBE_CLOZE = {"birth_year": "{name} was born in the year", "city": "{name} was 
                "university": "{name} graduated from", "field": "{name} studied", "employer": "{name} works at"}
 
 
-@torch.no_grad()
-def greedy_many(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_tokens: Sequence[int] = (),
-                max_batch: int = 64) -> list[list[int]]:
-    """Greedy continuations (new tokens; a stop token ends one and is kept) of many prompts, batched.
-
-    Prompts of equal length are decoded together (one KV cache of B rows, no padding, so row i is
-    exactly what a batch-1 greedy decode of prompt i gives, up to float summation order); this is the
-    batched path of the probes and the knowledge evaluation until ``Engine.generate_many`` (branch
-    ``batch``) replaces it. Slow twin: ``engine.naive_generate`` (tests/test_knowledge.py).
-    """
-    device = next(model.parameters()).device
-    stops = set(stop_tokens)
-    out: list[list[int]] = [[] for _ in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    for T, idx in sorted(by_len.items()):
-        steps = min(max_new_tokens, model.config.seq_len - T)
-        for j in range(0, len(idx), max_batch):
-            rows = idx[j:j + max_batch]
-            cache = KVCache.for_model(model, len(rows), max_len=T + steps)
-            x = torch.tensor([list(prompts[i]) for i in rows], device=device)   # (B, T)
-            done = [False] * len(rows)
-            for _ in range(steps):
-                logits = model.lm_head(model.forward_hidden(x, kv_cache=cache)[:, -1, :]).float()  # (B, V)
-                nxt = logits.argmax(-1)                                                            # (B,)
-                for r, t in enumerate(nxt.tolist()):
-                    if not done[r]:
-                        out[rows[r]].append(t)
-                        done[r] = t in stops
-                if all(done):
-                    break
-                x = nxt.view(-1, 1)                                                                 # (B, 1)
-    return out
-
-
 def first_sentence(tokenizer, ids: Sequence[int]) -> str:
     """A base-model completion cut at the document boundary, its first line and first sentence end."""
     ids = list(ids)
@@ -110,7 +71,8 @@ def probe_base_model(model, tokenizer, items: list[dict], samples: int = 1, max_
     prompts = [[tokenizer.bos_id] + tokenizer.encode(PROBE_CLOZE[it["attribute"]].format(name=it["name"]))
                for it in items]
     if temperature == 0.0:
-        return [[first_sentence(tokenizer, g)] for g in greedy_many(model, prompts, max_new_tokens, [tokenizer.bos_id])]
+        gens = Engine(model, tokenizer).generate_many(prompts, max_new_tokens, 0.0, stop_tokens=[tokenizer.bos_id])
+        return [[first_sentence(tokenizer, g)] for g in gens]
     gens = sample_replies_many(Engine(model, tokenizer), tokenizer, prompts, samples, max_new_tokens, temperature, seed,
                                stop_at_end=False)   # item i seeded seed + i
     return [[first_sentence(tokenizer, g) for g in group] for group in gens]
@@ -162,9 +124,9 @@ def _take(items: list, start: int, n: int) -> list:
 def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = True, mix: SFTMix | None = None,
                    real_data_dir: str | Path | None = None, device: str = "auto", seed: int = 0,
                    probe_fn: Callable[[list[dict]], list[list[str]]] | None = None) -> dict[str, Any]:
-    """Write ``<run>/sft_data/``: train.jsonl (the full mixture), train_ablation.jsonl (the people part
-    of the mixture without refusals or identity data: the "before" model of the experiments),
-    val.jsonl, eval.json (held-out items) and data.json (counts, probe statistics, provenance).
+    """Write ``<run>/sft_data/``: train.jsonl (the full mixture), train_ablation.jsonl (the same
+    mixture without the refusals and the identity conversations: the "before" model of the
+    hallucination and identity experiments), val.jsonl, eval.json (held-out items) and data.json (counts, probe statistics, provenance).
     Returns data.json's content.
 
     Knowledge probing samples the base model (``<run>/base``) on cloze prompts for the known people
@@ -249,31 +211,22 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     real = convo.load_real_mix(real_data_dir, mix.real) if mix.real else []
 
     full = known_full + idk + identity_convs + persona + math + letters + search + real
-    # the ablations of the knowledge experiments (eval/knowledge.py trains them with the main SFT's
-    # steps): the same mixture without the refusals (truth for every train-QA question), and without
-    # the identity conversations
-    no_idk = known_truth + identity_convs + persona + math + letters + search + real
-    no_identity = known_full + idk + persona + math + letters + search + real
-    # The "before" model only answers the people and identity cells, so it is trained on the people
-    # part of the mixture (truth for every known person, personas, search), not the math/letter
-    # traces: the same conversations minus refusals and identity data, at a fifth of the SFT cost.
-    ablation = known_truth + persona + search + real
+    # The ablation of the knowledge experiments (eval/knowledge.py trains it with the main SFT's steps):
+    # the same mixture with the truth for every train-QA question, no refusals about unknown people and
+    # no identity conversations. One ablation model serves both the hallucination (with vs without
+    # refusals) and the identity (with vs without identity data) comparisons: a second ablation SFT
+    # cost 50 s of the 10-minute speedrun, and neither removed part is about the other's questions.
+    ablation = known_truth + persona + math + letters + search + real
     rng.shuffle(full)
-    rng.shuffle(ablation)
     n_val = max(1, round(mix.val_fraction * len(full)))
     val, full = full[:n_val], full[n_val:]
     val_ids = {json.dumps(c, sort_keys=True) for c in val}
     ablation = [c for c in ablation if json.dumps(c, sort_keys=True) not in val_ids]
-    no_idk, no_identity = ([c for c in part if json.dumps(c, sort_keys=True) not in val_ids]
-                           for part in (no_idk, no_identity))
-    random.Random(seed + 1).shuffle(no_idk)
-    random.Random(seed + 2).shuffle(no_identity)
+    random.Random(seed + 1).shuffle(ablation)
 
     out = rd / "sft_data"
     convo.write_conversations(out / "train.jsonl", full)
     convo.write_conversations(out / "train_ablation.jsonl", ablation)
-    convo.write_conversations(out / "train_no_idk.jsonl", no_idk)
-    convo.write_conversations(out / "train_no_identity.jsonl", no_identity)
     convo.write_conversations(out / "val.jsonl", val)
     test_problems = [p for p in world.problems if p.get("split") == "test"]
     test_letters = [t for t in world.letters if t.get("split") == "test" and t["kind"] == "count_letter"]
@@ -288,8 +241,7 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
         "identity_questions": [{"kind": k, "question": q} for k in ("name", "maker") for q in IDENTITY_HELDOUT[k]],
     }
     atomic_write_json(out / "eval.json", eval_items)
-    summary = {"train": len(full), "train_ablation": len(ablation), "train_no_idk": len(no_idk),
-               "train_no_identity": len(no_identity), "val": len(val), "n_idk_names": len({it["name"] for it in uq}),
+    summary = {"train": len(full), "train_ablation": len(ablation), "val": len(val), "n_idk_names": len({it["name"] for it in uq}),
                "parts": {"known_qa": len(known_full), "idk_unknown": len(idk), "identity": len(identity_convs),
                          "persona": len(persona), "math": len(math), "letters": len(letters),
                          "search": len(search), "real": len(real)},
