@@ -156,7 +156,7 @@ def test_run_core_on_hand_files_and_results_json(tmp_path, tm):
     assert saved["core"]["bpb"] is None and "CORE" in ce.format_core(out)
     cond = saved["core"]["conditions"]["copa"]   # report.experiment's schema: k, n, rate, Wilson interval
     assert cond["n"] == 3 and cond["k"] == out["tasks"]["copa"]["correct"] and cond["ci"][0] <= cond["rate"] <= cond["ci"][1]
-    assert "outcomes" not in saved["core"]["tasks"]["copa"]
+    assert "outcomes" not in saved["core"]["tasks"]["copa"] and "seconds" not in saved["core"]  # no wall clock
 
 
 def test_bad_inputs(tmp_path, tm):

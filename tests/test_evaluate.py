@@ -5,7 +5,7 @@ import pytest
 
 from chatforge.assistant import tasks
 from chatforge.eval import experiments as ev
-from chatforge.common import CfError, data_dir
+from chatforge.common import CfError, data_dir, wilson
 
 DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 
@@ -31,21 +31,19 @@ def _wilson_by_inversion(k, n, z=1.96):
 
 @pytest.mark.parametrize("k,n", [(0, 10), (1, 10), (5, 10), (10, 10), (3, 40), (81, 263), (1, 1), (37, 50)])
 def test_wilson_matches_score_test_inversion(k, n):
-    lo, hi = ev.wilson(k, n)
+    lo, hi = wilson(k, n)
     rlo, rhi = _wilson_by_inversion(k, n)
     assert lo == pytest.approx(rlo, abs=1e-9) and hi == pytest.approx(rhi, abs=1e-9)
     assert 0 <= lo <= k / n <= hi <= 1
 
 
 def test_wilson_known_values_and_edges():
-    assert ev.wilson(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-5)   # textbook value
-    lo, hi = ev.wilson(5, 10)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-5)   # textbook value
+    lo, hi = wilson(5, 10)
     assert (lo, hi) == pytest.approx((0.23659, 0.76341), abs=1e-5) and lo + hi == pytest.approx(1.0)
-    assert ev.wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
-        ev.wilson(11, 10)
-    m = ev.proportion(3, 4)
-    assert m["n"] == 4 and m["p"] == 0.75 and "n=4" in ev.fmt_prop(m)
+        wilson(11, 10)
 
 
 def test_one_numeric_checker_for_rl_and_eval():

@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from chatforge.common import independent_bootstrap, paired_bootstrap
-from chatforge.report import condition, experiment, load_results, results_table, update_results
+from chatforge.report import condition, experiment, fmt_rate, load_results, results_table, update_results
 
 
 def test_paired_bootstrap_matches_the_normal_interval_of_a_mean_difference():
@@ -56,6 +56,7 @@ def test_experiment_object_and_results_file(tmp_path):
     c = exp["conditions"]["with"]
     assert (c["k"], c["n"], c["rate"]) == (75, 100, 0.75) and c["ci"][0] < 0.75 < c["ci"][1]
     assert condition([])["n"] == 0
+    assert fmt_rate(condition([1, 1, 1, 0])) == "75.0% [30.1, 95.4] (3/4)" and fmt_rate(condition([])) == "n/a (n=0)"
     d = exp["diffs"]["with - without"]
     assert d["delta"] == pytest.approx(0.5) and d["ci"][0] > 0.3 and d["method"] == "paired bootstrap"
     update_results(tmp_path, "demo", exp)

@@ -27,6 +27,7 @@ import json
 import random
 import re
 import tarfile
+import uuid
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -378,12 +379,22 @@ def demo_docs(n: int, seed: int = 0) -> list[dict]:
     return docs
 
 
+# warcio stamps each record with the wall-clock time and a random uuid4; both end up in the curated
+# documents' metadata, so the same seed would give different files. A fixed date and a record id
+# derived from the (unique) URL keep the crawl byte-identical for a given (docs, seed).
+CRAWL_DATE = "2024-01-01T00:00:00Z"
+
+
+def _fixed_warc_headers(url: str) -> dict[str, str]:
+    return {"WARC-Date": CRAWL_DATE, "WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url)}>"}
+
+
 def make_crawl(docs: list[dict], out_dir: str | Path, seed: int = 0, frac_exact: float = 0.06,
                frac_near: float = 0.06, frac_spam: float = 0.06, frac_foreign: float = 0.06,
                frac_pii: float = 0.06, frac_blocklisted: float = 0.04, junk: bool = True) -> tuple[Path, Path]:
     """Render ``docs`` as a crawl with planted problems; returns (warc.gz path, labels.jsonl path).
 
-    Fractions are relative to len(docs). Deterministic for a given (docs, seed).
+    Fractions are relative to len(docs). Byte-identical for a given (docs, seed).
     """
     if not docs:
         raise CfError("make_crawl: docs is empty; expected a list of {'id', 'text'} documents")
@@ -444,17 +455,22 @@ def make_crawl(docs: list[dict], out_dir: str | Path, seed: int = 0, frac_exact:
                 body = html.encode("utf-8")
                 http = StatusAndHeaders("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))],
                                         protocol="HTTP/1.1")
-                w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http))
+                w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http,
+                                                    warc_headers_dict=_fixed_warc_headers(url)))
             if junk:  # records a reader must skip, each counted with its reason
                 http = StatusAndHeaders("200 OK", [("Content-Type", "image/png")], protocol="HTTP/1.1")
-                w.write_record(w.create_warc_record("https://junk.example.com/logo.png", "response",
-                                                    payload=io.BytesIO(b"\x89PNG\r\n\x1a\n\x00\x00"), http_headers=http))
+                url = "https://junk.example.com/logo.png"
+                w.write_record(w.create_warc_record(url, "response", http_headers=http,
+                                                    payload=io.BytesIO(b"\x89PNG\r\n\x1a\n\x00\x00"),
+                                                    warc_headers_dict=_fixed_warc_headers(url)))
                 http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-                w.write_record(w.create_warc_record("https://junk.example.com/empty.html", "response",
-                                                    payload=io.BytesIO(b""), http_headers=http))
-                w.write_record(w.create_warc_record("https://junk.example.com/meta", "metadata",
-                                                    payload=io.BytesIO(b"fetchTimeMs: 12\n"),
-                                                    warc_content_type="application/warc-fields"))
+                url = "https://junk.example.com/empty.html"
+                w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(b""), http_headers=http,
+                                                    warc_headers_dict=_fixed_warc_headers(url)))
+                url = "https://junk.example.com/meta"
+                w.write_record(w.create_warc_record(url, "metadata", payload=io.BytesIO(b"fetchTimeMs: 12\n"),
+                                                    warc_content_type="application/warc-fields",
+                                                    warc_headers_dict=_fixed_warc_headers(url)))
     labels = [{"url": u, "label": lab, "source_id": sid} for u, _, lab, sid, _ in pages]
     if junk:
         labels += [{"url": "https://junk.example.com/logo.png", "label": "junk", "source_id": ""},

@@ -351,10 +351,11 @@ def format_core(res: dict[str, Any]) -> str:
 
 def results_entry(res: dict[str, Any]) -> dict[str, Any]:
     """The results.json object (report.experiment's schema): one condition per task (k, n, rate,
-    Wilson interval) plus the CORE figures; per-item outcomes stay out of the file."""
+    Wilson interval) plus the CORE figures; per-item outcomes and the wall-clock ``seconds`` stay out
+    of the file (one seed gives one results.json on any machine)."""
     tasks = {label: {k: v for k, v in r.items() if k != "outcomes"} for label, r in res["tasks"].items()}
     return experiment({label: r["outcomes"] for label, r in res["tasks"].items()},
-                      **{**{k: v for k, v in res.items() if k != "tasks"}, "tasks": tasks})
+                      **{**{k: v for k, v in res.items() if k not in ("tasks", "seconds")}, "tasks": tasks})
 
 
 def core_cli(model, tokenizer, rd: Path, limit: int | None, device: str, tasks: Sequence[str] | None,

@@ -1,7 +1,8 @@
 """Evaluation: the measured experiments of the speedrun report and real benchmarks.
 
-Every figure is a proportion k/n reported with n and a 95% Wilson score interval (Wilson 1927): for a
-proportion p = k/n and z = 1.96,
+Every figure is a proportion k/n reported with n and a 95% Wilson score interval (Wilson 1927;
+``common.wilson``, one entry per condition from ``report.condition``, shown by ``report.fmt_rate``): for
+a proportion p = k/n and z = 1.96,
 
     center = (p + z^2 / 2n) / (1 + z^2 / n)
     half   = z * sqrt(p (1 - p) / n + z^2 / 4n^2) / (1 + z^2 / n)
@@ -28,7 +29,7 @@ from chatforge.assistant.convo import ask, gsm8k_items
 from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.assistant.tasks import math_correct
 from chatforge.assistant.tools import default_tools
-from chatforge.common import CfError, get_device, make_parser, print0, read_jsonl, run_dir, wilson
+from chatforge.common import CfError, get_device, make_parser, print0, read_jsonl, run_dir
 from chatforge.common import data_dir as common_data_dir
 from chatforge.eval.core import core_cli, select_tasks
 from chatforge.eval.knowledge import run_knowledge_experiments
@@ -36,20 +37,8 @@ from chatforge.eval.reasoning import run_reasoning_experiments
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.model.quant import KINDS, quantize_for_inference
+from chatforge.report import condition, fmt_rate
 from chatforge.world.build import load_world
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def proportion(k: int, n: int) -> dict[str, float | int]:
-    lo, hi = wilson(k, n)
-    return {"k": k, "n": n, "p": k / n if n else float("nan"), "lo": lo, "hi": hi}
-
-
-def fmt_prop(m: dict[str, Any]) -> str:
-    if not m["n"]:
-        return "n/a (n=0)"
-    return f"{100 * m['p']:.1f}% [{100 * m['lo']:.1f}, {100 * m['hi']:.1f}] (n={m['n']})"
 
 
 # ----------------------------------------------------------------------------- benchmark loaders
@@ -123,18 +112,19 @@ def option_logprobs(model, tokenizer, context: str, options: Sequence[str], devi
 
 
 def eval_multiple_choice(model, tokenizer, items: list[dict[str, Any]], device: str = "cpu") -> dict[str, Any]:
-    k = 0
+    """Accuracy (``report.condition``) of picking the option with the highest mean log-probability."""
+    outcomes = []
     for it in items:
         lp = option_logprobs(model, tokenizer, it["context"], it["options"], device)
-        k += int(max(range(len(lp)), key=lp.__getitem__) == it["gold"])
-    return proportion(k, len(items))
+        outcomes.append(max(range(len(lp)), key=lp.__getitem__) == it["gold"])
+    return condition(outcomes)
 
 
 def eval_gsm8k(engine, tokenizer, items: list[tuple[str, str, str]], max_new_tokens: int = 256) -> dict[str, Any]:
     """Exact match of the final number of a greedy chat reply (tasks.math_correct; the engine runs the calculator)."""
-    k = sum(int(math_correct(ask(engine, tokenizer, {"messages": [{"role": "user", "content": q}]}, n=1,
-                                 max_new_tokens=max_new_tokens, temperature=0.0)[0], gold)) for q, _, gold in items)
-    return proportion(k, len(items))
+    return condition([math_correct(ask(engine, tokenizer, {"messages": [{"role": "user", "content": q}]}, n=1,
+                                       max_new_tokens=max_new_tokens, temperature=0.0)[0], gold)
+                      for q, _, gold in items])
 
 
 # ----------------------------------------------------------------------------- the experiments
@@ -173,9 +163,9 @@ def eval_benchmarks(model, tokenizer, specs: Sequence[str], data_dir: Path | Non
             metrics[name] = eval_gsm8k(Engine(model, tokenizer, tools=tools), tokenizer, items)
         else:
             metrics[name] = eval_multiple_choice(model, tokenizer, load_mc_set(name, data_dir, lim), device)
-    md = ["## Benchmarks", "", "| benchmark | accuracy [95% CI] (n) | chance |", "|---|---|---|"]
+    md = ["## Benchmarks", "", "| benchmark | accuracy [95% CI] (k/n) | chance |", "|---|---|---|"]
     chance = {"gsm8k": "0%", "hellaswag": "25%", "mmlu": "25%", "arc_easy": "~25%", "arc_challenge": "~25%"}
-    md += [f"| {k} | {fmt_prop(v)} | {chance[k]} |" for k, v in metrics.items()]
+    md += [f"| {k} | {fmt_rate(v)} | {chance[k]} |" for k, v in metrics.items()]
     return "\n".join(md) + "\n", metrics
 
 
