@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from chatforge.common import (add_config_args, CfError, config_from_args, get_device, machine_info, make_parser,
-                              print0, print_config, read_json, read_jsonl, run_dir, write_meta)
+from chatforge.common import (add_config_args, CfError, config_from_args, get_device, machine_info, make_config,
+                              make_parser, print0, print_config, read_json, read_jsonl, run_dir, write_meta)
 from chatforge.data.crawl import make_crawl
 from chatforge.data.curate import DataConfig, evaluate_filters, format_eval, iter_clean_docs, run_pipeline
 from chatforge.data.shards import tokenize_corpus
@@ -64,18 +64,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
                  depth=2, seq_len=256, batch=8, pretrain_steps=60, sft_steps=40, rl_steps=3,
                  sft_math=120, sft_letters=100, rl_group=4, n_eval_rl=10, n_arena=2, n_reason=10,
-                 bon_prompts=0, extractor="resiliparse"),
+                 bon_prompts=0, rm_prompts=0, bon_max_n=0, rl_screen=16, rl_tokens=48, rl_lr=3e-4,
+                 extractor="resiliparse"),
+    # Sized for a 2-core AVX2 CPU in fp32 (no bf16) to finish in 10 minutes; the choices were measured
+    # on a validation world (seed 7), never on the speedrun's items (dev/LOG.md, "Session 4 sizing").
+    # d2 (128 wide, 1.5M parameters) at ~9K tok/s sees 4x the tokens of d4 in the same time, and that
+    # matters more here than width: at equal wall time d2 stored more facts (cloze 38% vs 25% for d3)
+    # and began to copy; twice the default learning rates stored 79% (vs 51%).
     # people: 20 train-QA + 20 held-out with 24 bios, 20 with one bio, 160 unknown (100 for refusal
-    # training, 60 held out); sized for a 2-core EPYC in fp32 (dev/LOG.md, "Knowledge world sizing")
+    # training, 60 held out).
     "default": dict(n_people=220, n_bios=24, known_fraction=0.182, k1_fraction=0.091, name_mentions=12,
                     n_problems=3000, n_spelling=1500, n_filler=2, vocab_size=4096,
-                    depth=4, seq_len=256, batch=16, pretrain_steps=120, sft_steps=160, rl_steps=20,
-                    sft_math=600, sft_letters=400, rl_group=8, n_eval_rl=300, n_arena=10, n_reason=100,
-                    bon_prompts=200, extractor="resiliparse"),
+                    depth=2, seq_len=256, batch=16, pretrain_steps=400, pretrain_lr=0.006, pretrain_muon_lr=0.04,
+                    sft_steps=200, rl_steps=20, sft_math=600, sft_letters=400, rl_group=8, n_eval_rl=300,
+                    n_arena=6, n_reason=100, bon_prompts=200, rm_prompts=120, bon_max_n=32, rl_screen=400,
+                    rl_tokens=48, rl_lr=3e-4, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
                  depth=6, seq_len=512, batch=16, pretrain_steps=3000, sft_steps=1500, rl_steps=300,
                  sft_math=1500, sft_letters=1000, rl_group=16, n_eval_rl=400, n_arena=30, n_reason=100,
-                 bon_prompts=200, extractor="trafilatura"),
+                 bon_prompts=200, rm_prompts=240, bon_max_n=64, rl_screen=1000, rl_tokens=80, rl_lr=1e-4,
+                 extractor="trafilatura"),
 }
 
 STAGES = ["world", "crawl", "data", "tokenizer", "shards", "pretrain", "sample", "sft", "rl", "rlhf", "arena"]
@@ -218,9 +226,11 @@ def stage_shards(ctx: dict, report: Report) -> None:
 
 def stage_pretrain(ctx: dict, report: Report) -> None:
     rd, p, cfg = ctx["rd"], ctx["preset"], ctx["cfg"]
-    pc = PretrainConfig(run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
-                        max_steps=p["pretrain_steps"], time_budget=cfg.pretrain_seconds, seed=cfg.seed,
-                        device=cfg.device, dtype=cfg.dtype, eval_every=100, log_every=10)
+    lrs = {k: p[f"pretrain_{k}"] for k in ("lr", "muon_lr") if f"pretrain_{k}" in p}   # the preset's optimizer overrides
+    pc = make_config(PretrainConfig, run=str(rd), depth=p["depth"], seq_len=p["seq_len"], device_batch_size=p["batch"],
+                     max_steps=p["pretrain_steps"], time_budget=cfg.pretrain_seconds, seed=cfg.seed,
+                     device=cfg.device, dtype=cfg.dtype, eval_every=max(30, p["pretrain_steps"] // 2),  # twice
+                     log_every=10, **lrs)
     print_config(pc, "pretrain config")
     pretrain(pc)
     metrics = read_json(rd / "base" / "metrics.json", "pretrain metrics")["metrics"]
@@ -267,10 +277,13 @@ def stage_rl(ctx: dict, report: Report) -> None:
     cfg = ctx["cfg"]
     device = get_device(cfg.device)
     md, metrics = run_rl_stage(ctx["rd"], steps=p["rl_steps"], budget_s=cfg.rl_seconds, device=device,
-                               eval_problems=p["n_eval_rl"], group_size=p["rl_group"], dtype=cfg.dtype)
+                               eval_problems=p["n_eval_rl"], group_size=p["rl_group"], screen=p["rl_screen"],
+                               max_new_tokens=p["rl_tokens"], lr=p["rl_lr"], dtype=cfg.dtype)
     report.add("rl", md)
     if p["bon_prompts"]:  # preferences: RM on the SFT model's own replies, best-of-N, DPO
-        md, _ = run_preference_stage(ctx["rd"], device=device, n_bon=p["bon_prompts"], eval_problems=p["n_eval_rl"],
+        md, _ = run_preference_stage(ctx["rd"], device=device, n_prompts=p["rm_prompts"], n_bon=p["bon_prompts"],
+                                     ns=tuple(2 ** i for i in range(p["bon_max_n"].bit_length())),  # 1, 2, 4, ..
+                                     eval_problems=p["n_eval_rl"], max_new_tokens=p["rl_tokens"],
                                      sft_outcomes=metrics["sft_outcomes"])   # the same SFT measurement, not redone
         report.add("preferences", md)
 

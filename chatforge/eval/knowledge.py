@@ -6,12 +6,16 @@ What each claims, and how it is measured (all greedy, batched, on items never tr
   person was described in several paraphrased biographies (Allen-Zhu & Li, "Physics of Language
   Models, Part 3.1", 2023). Conditions: ``heldout_k8`` (people with K bios, never asked in training),
   ``heldout_k1`` (one bio, never asked), ``train_qa`` (asked in training: memorisation, not
-  extraction) and a majority baseline (always the most common value of the attribute). The
-  difference ``heldout_k8 - heldout_k1`` compares two groups of different people, so its bootstrap
-  resamples the people of each group independently. The *re-probe* asks the base and the SFT model
-  the same cloze prompts as knowledge probing: a fact the base completed but the SFT model does not
-  was forgotten in SFT; one the SFT model completes but does not answer as a question was stored but
-  not extracted.
+  extraction) and a majority baseline (always the most common value of the attribute). It is
+  measured, as in that paper, on a model fine-tuned on questions about the train half with the true
+  answers only: the ablation SFT without refusals (the main assistant, which also learned to refuse,
+  is measured on the same people in ``hallucination``). The difference ``heldout_k8 - heldout_k1``
+  compares two groups of different people, so its bootstrap resamples the people of each group
+  independently; ``base_cloze_k8 - base_cloze_k1`` is the same comparison one step earlier, on what
+  the base model stored (cloze prompts in the biographies' words). The *re-probe* asks the base and
+  the SFT model the same cloze prompts as knowledge probing: a fact the base completed but the SFT
+  model does not was forgotten in SFT; one the SFT model completes but does not answer as a question
+  was stored but not extracted.
 * ``hallucination``: Llama 3's knowledge probing (Dubey et al. 2024, section 4.3.6) turns questions
   the base model gets wrong, and questions about people it never saw, into "I don't know" targets.
   Conditions: the rate of informative (non-refusal) answers about unknown people, with and without
@@ -41,7 +45,7 @@ from chatforge.assistant.convo import answer_matches, chat, is_refusal, parse_re
 from chatforge.common import get_device, independent_bootstrap, make_config, print0, read_json, run_dir
 from chatforge.model.checkpoint import Checkpoint, load_checkpoint
 from chatforge.model.engine import Engine
-from chatforge.report import condition, experiment, fmt_rate, results_table, update_results
+from chatforge.report import condition, experiment, fmt_diff, fmt_rate, results_table, update_results
 from chatforge.train.sft import sft, SFTConfig
 from chatforge.train.sft_data import first_sentence, PROBE_CLOZE
 
@@ -108,20 +112,22 @@ def train_ablation(rd: Path, main: Checkpoint, out: str, data: str, device: str)
 
 # ----------------------------------------------------------------------------- the experiments
 
-def knowledge_experiment(main: Checkpoint, base: Checkpoint, people: dict[str, list[dict]]) -> dict[str, Any]:
+def knowledge_experiment(sft_model: Checkpoint, base: Checkpoint, people: dict[str, list[dict]]) -> dict[str, Any]:
+    """``sft_model``: fine-tuned on train-QA questions with true answers only (the ablation SFT)."""
     k8, k1, tq = people["heldout_k8"], people["heldout_k1"], people["train_qa"]
-    out = {name: correct(chat_replies(main, [it["question"] for it in items]), items)
+    out = {name: correct(chat_replies(sft_model, [it["question"] for it in items]), items)
            for name, items in (("heldout_k8", k8), ("heldout_k1", k1), ("train_qa", tq))}
     out["majority_baseline"] = correct(majority_answers(tq, k8), k8)
-    # the re-probe: the same cloze prompts on the base and on the SFT model (held-out K people)
+    # the re-probe: the same cloze prompts on the base and on the SFT model
     out["base_cloze_k8"] = correct(cloze_answers(base, k8), k8)
-    out["sft_cloze_k8"] = correct(cloze_answers(main, k8), k8)
+    out["base_cloze_k1"] = correct(cloze_answers(base, k1), k1)
+    out["sft_cloze_k8"] = correct(cloze_answers(sft_model, k8), k8)
     exp = experiment(out, diffs=[("heldout_k8", "majority_baseline"), ("sft_cloze_k8", "base_cloze_k8"),
                                  ("heldout_k8", "sft_cloze_k8")], clusters=[it["person"] for it in k8])
-    delta, lo, hi = independent_bootstrap(out["heldout_k8"], [it["person"] for it in k8],
-                                          out["heldout_k1"], [it["person"] for it in k1])
-    exp["diffs"]["heldout_k8 - heldout_k1"] = {"delta": delta, "ci": [lo, hi],
-                                               "method": "bootstrap (independent groups, clusters = person)"}
+    for a, b in (("heldout_k8", "heldout_k1"), ("base_cloze_k8", "base_cloze_k1")):
+        delta, lo, hi = independent_bootstrap(out[a], [it["person"] for it in k8], out[b], [it["person"] for it in k1])
+        exp["diffs"][f"{a} - {b}"] = {"delta": delta, "ci": [lo, hi],
+                                      "method": "bootstrap (independent groups, clusters = person)"}
     b, s, q = out["base_cloze_k8"], out["sft_cloze_k8"], out["heldout_k8"]
     exp["reprobe"] = {"base_knew": sum(b), "base_knew_sft_forgot": sum(x and not y for x, y in zip(b, s)),
                       "sft_knows_not_extracted": sum(y and not z for y, z in zip(s, q)),
@@ -185,6 +191,7 @@ def render_markdown(res: dict[str, dict], seconds: dict[str, float]) -> str:
         "Greedy replies on items never trained on; Wilson 95% intervals; differences with bootstrap intervals "
         "(clusters = person). Numbers from `results.json`.", "",
         "### Knowledge extraction (Physics of LMs 3.1: varied restatements make facts extractable)", "",
+        "Measured on the SFT model trained on the train half's questions with true answers only (no refusals).", "",
         results_table(kn), "",
         "- heldout_k8 " + fmt_rate(c["heldout_k8"]) + ": " + _verdict(
             c["heldout_k8"]["rate"] >= TARGETS["heldout_k8"] and d["ci"][0] > 0,
@@ -193,6 +200,8 @@ def render_markdown(res: dict[str, dict], seconds: dict[str, float]) -> str:
         f"- re-probe (cloze prompts, held-out K people, n={rp['n']}): the base completed {rp['base_knew']}; the SFT "
         f"model forgot {rp['base_knew_sft_forgot']} of those; {rp['sft_knows_not_extracted']} facts the SFT model "
         f"completes as a sentence it does not give as an answer (stored, not extracted).",
+        f"- stored by the base (cloze): K = 24 bios {fmt_rate(c['base_cloze_k8'])} vs K = 1 {fmt_rate(c['base_cloze_k1'])}: "
+        + fmt_diff(kn["diffs"]["base_cloze_k8 - base_cloze_k1"]) + ".",
         "- by attribute (heldout_k8): " + ", ".join(f"{a} {100 * v:.0f}%" for a, v in kn["by_attribute"].items()), "",
         "### Hallucination and \"I don't know\" (Llama 3 knowledge probing)", "",
         "unknown_*: informative (non-refusal) answers about people never seen = hallucinations; known_*: accuracy "
@@ -226,7 +235,7 @@ def run_knowledge_experiments(run: str | Path, device: str = "auto", n_eval: int
     ablation = train_ablation(rd, main, *ABLATION, device)
     seconds["ablation SFT"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = {"knowledge": knowledge_experiment(main, base, people),
+    res = {"knowledge": knowledge_experiment(ablation, base, people),
            "hallucination": hallucination_experiment(main, ablation, people),
            "identity": identity_experiment(main, ablation, ev["identity"], ev["identity_questions"])}
     seconds["evaluation"] = time.perf_counter() - t0

@@ -70,12 +70,33 @@ def policy_outcomes(model, tokenizer, problems: list[dict], k: int, max_new_toke
     engine = make_engine(model, tokenizer)
     prompts = [prompt_tokens(tokenizer, p["question"]) for p in problems]
     greedy = sample_replies_many(engine, tokenizer, prompts, 1, max_new_tokens, 0.0, seed)
-    sampled = sample_replies_many(engine, tokenizer, prompts, k, max_new_tokens, 1.0, seed) if k else [[]] * len(prompts)
     text = lambda ids: parse_reply(tokenizer, ids)[0]  # noqa: E731
     return {"greedy": [int(math_correct(text(g[0]), p["answer"])) for g, p in zip(greedy, problems)],
-            "correct_of_k": [sum(math_correct(text(s), p["answer"]) for s in ss) for ss, p in zip(sampled, problems)],
+            "correct_of_k": correct_of_k(engine, tokenizer, problems, k, max_new_tokens, seed),
             "k": k, "greedy_len": sum(len(g[0]) for g in greedy) / max(1, len(greedy)),
             "questions": [p["question"] for p in problems], "max_new_tokens": max_new_tokens, "seed": seed}
+
+
+def correct_of_k(engine, tokenizer, problems: list[dict], k: int, max_new_tokens: int, seed: int) -> list[int]:
+    """Per problem: how many of ``k`` samples at T=1 (problem i seeded seed + i) the checker accepts."""
+    if not k:
+        return [0] * len(problems)
+    prompts = [prompt_tokens(tokenizer, p["question"]) for p in problems]
+    sampled = sample_replies_many(engine, tokenizer, prompts, k, max_new_tokens, 1.0, seed)
+    return [sum(math_correct(parse_reply(tokenizer, ids)[0], p["answer"]) for ids in ss) for ss, p in zip(sampled, problems)]
+
+
+def mixed_outcome_problems(model, tokenizer, problems: list[dict], k: int, max_new_tokens: int,
+                           seed: int = 20_000) -> tuple[list[dict], dict]:
+    """Difficulty filtering of the RL prompts: keep the training problems on which ``k`` samples of the
+    starting policy are neither all right nor all wrong. A GRPO group of all-equal rewards has zero
+    advantage and teaches nothing, so filtering keeps the signal per step (DAPO's dynamic sampling, Yu
+    et al. 2025, section 3.2, done once before training as in online difficulty filtering). Training
+    problems only; the held-out measurement still covers every held-out item."""
+    counts = correct_of_k(make_engine(model, tokenizer), tokenizer, problems, k, max_new_tokens, seed)
+    kept = [p for p, c in zip(problems, counts) if 0 < c < k]
+    return kept, {"screened": len(problems), "k": k, "kept": len(kept), "all_wrong": counts.count(0),
+                  "all_right": counts.count(k)}
 
 
 def measured_experiment(outs: dict[str, dict], baseline: str, **extra) -> dict:
@@ -127,12 +148,15 @@ def plot_rl_runs(runs: dict[str, list[dict]], path: Path) -> Path:
 
 
 def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, device: str = "cpu",
-                 eval_problems: int = 400, eval_k: int = 4, style: str = "worked", **overrides) -> tuple[str, dict]:
+                 eval_problems: int = 400, eval_k: int = 4, style: str = "worked", screen: int = 0,
+                 screen_k: int = 4, **overrides) -> tuple[str, dict]:
     """Speedrun stage: GRPO on worked chains from ``<run>/sft`` and the shuffled-reward control (rule
     rewards permuted within each group: the same zero-variance groups, no signal), both ``steps``
     steps from the same SFT weights and seeds; writes ``<run>/rl/`` (the GRPO policy) and
     results.json id ``rl`` (conditions sft, grpo, control on ``eval_problems`` held-out chains).
-    ``budget_s`` (opt-in) may stop GRPO earlier; the control then runs as many steps."""
+    ``budget_s`` (opt-in) may stop GRPO earlier; the control then runs as many steps. ``screen`` > 0:
+    both train only on those of ``screen`` training chains where ``screen_k`` samples of the SFT model
+    disagree (``mixed_outcome_problems``)."""
     rd = Path(run_dir_)
     t0 = time.perf_counter()
     ck = load_model(rd, device, stage="sft", what="sft")
@@ -141,9 +165,20 @@ def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, d
                 prompts_per_step=8, group_size=8, max_new_tokens=80, lr=1e-4, eval_problems=0, eval_k=0,
                 eval_every=0, time_budget=budget_s, device=device)
     cfg = make_config(RLConfig, **{**base, **overrides})
-    train = with_style(world_problems(rd, "train", kinds=("chain",)), style)
+    train = drop_overlong(tok, with_style(world_problems(rd, "train", kinds=("chain",)), style), L, cfg.max_new_tokens)
     test = drop_overlong(tok, with_style(world_problems(rd, "test", kinds=("chain",)), style), L,
                          cfg.max_new_tokens)[:eval_problems]
+    screening = {}
+    if screen:
+        kept, screening = mixed_outcome_problems(ck.model, tok, random.Random(cfg.seed).sample(train, min(screen, len(train))),
+                                                 screen_k, cfg.max_new_tokens)
+        print0(f"rl: difficulty filter kept {len(kept)} of {screening['screened']} training chains "
+               f"({screening['all_wrong']} all wrong, {screening['all_right']} all right in {screen_k} samples)")
+        if len(kept) >= cfg.prompts_per_step:
+            train = kept
+        else:
+            print0(f"!!! rl: fewer than {cfg.prompts_per_step} mixed-outcome chains: training on all of them unfiltered")
+            screening["used"] = False
     outs = {"sft": policy_outcomes(ck.model, tok, test, eval_k, cfg.max_new_tokens)}
     runs: dict[str, dict] = {}
     for name, reward, save in (("grpo", "rule", True), ("control", "shuffled", False)):
@@ -159,7 +194,7 @@ def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, d
     zero_var = {n: sum(h["zero_var_frac"] for h in m["history"]) / max(1, len(m["history"])) for n, m in runs.items()}
     exp = measured_experiment(outs, "sft", task=f"chains of 2-5 steps, {style} style", steps=runs["grpo"]["steps"],
                               group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
-                              zero_variance_share=zero_var, curves=curves)
+                              zero_variance_share=zero_var, curves=curves, difficulty_filter=screening)
     update_results(rd, "rl", exp)
     fig = plot_rl_runs({"GRPO": runs["grpo"]["history"], "control (shuffled rewards)": runs["control"]["history"]},
                        rd / "report" / "rl_reward.png")
@@ -170,7 +205,10 @@ def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, d
           f"reward = exact answer + {cfg.format_weight} x format, KL coef {cfg.kl_coef}, lr {cfg.optim.lr}; the control "
           f"permutes each group's rewards (same zero-variance groups, no link to the response). Zero-variance "
           f"groups (no gradient): GRPO {100 * zero_var['grpo']:.0f}%, control {100 * zero_var['control']:.0f}%. "
-          f"Held-out: {len(test)} chains never in SFT or RL; pass@1/pass@{eval_k} from {eval_k} samples.", "",
+          f"Held-out: {len(test)} chains never in SFT or RL; pass@1/pass@{eval_k} from {eval_k} samples."
+          + (f" Training chains: the {screening['kept']} of {screening['screened']} screened on which {screen_k} "
+             f"samples of the SFT model disagree ({screening['all_wrong']} all wrong, {screening['all_right']} all "
+             "right: no gradient in a group), for both runs." if screening.get("used", True) and screening else ""), "",
           measured_table(exp, f"pass@{eval_k}"), "",
           f"- GRPO - SFT: {fmt_diff(g)} (target >= +5 points with the interval above 0: "
           f"{'met' if g['delta'] >= 0.05 and g['ci'][0] > 0 else 'MISSED'}).",

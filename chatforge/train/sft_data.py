@@ -151,8 +151,18 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
         raise CfError(f"{rd}/world: no unknown people left for refusals after {mix.n_eval_unknown} held out")
 
     def one_question_each(people, n):
-        items = qa_items(world, people, rng)
-        rng.shuffle(items)
+        # Rounds of (person, attribute) questions, each round with freshly drawn wordings, until there
+        # are n distinct questions or the wordings run out: 20 train-QA people x 5 facts are only 100
+        # questions, and 100 answers beside 300 refusals taught the model to refuse everyone (sweep in
+        # dev/LOG.md); several wordings of a fact also teach extraction rather than one string.
+        items, questions = [], set()
+        for _ in range(8 if people else 0):
+            fresh = [it for it in qa_items(world, people, rng) if it["question"] not in questions]
+            questions.update(it["question"] for it in fresh)
+            rng.shuffle(fresh)
+            items += fresh
+            if len(items) >= n:
+                break
         seen, out = {}, []
         for it in items:  # at most ceil(n / people) questions per person, spread over people
             if seen.get(it["person"], 0) < max(1, -(-n // max(1, len(people)))):
