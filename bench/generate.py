@@ -1,4 +1,4 @@
-"""Decode speed, two sections (--section decode|batched|all).
+"""Decode speed, four sections (--section decode|batched|quant|sampling|all).
 
     .venv/bin/python bench/generate.py [--section decode] [--depth 8] [--new 256] [--runs 3] [--device cpu]
     .venv/bin/python bench/generate.py --section batched [--run runs/speedrun] [--n-prompts 64]
@@ -16,6 +16,10 @@ outputs asserted. With --run: the run's SFT checkpoint with its toolbox on the r
 questions (the speedrun's evaluation workload: knowledge questions, math with the calculator, letter
 counting with python). Without: a random-init d4 model (vocab 4096, seq 256: the speedrun's shape) on
 random prompts of 20..80 tokens, every reply running to --max-new (no tools, no stops).
+
+sampling: one sampling step of a batched decode, the inverse-CDF sampler (engine.sample_categorical)
+vs its twin torch.multinomial, on --sample-rows x --vocab probabilities; both token frequencies must
+be as far from the probabilities as sampling noise (multinomial's distance is that floor).
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from chatforge.assistant.tools import default_tools                # noqa: E402
 from chatforge.model.checkpoint import load_checkpoint             # noqa: E402
-from chatforge.model.engine import Engine, naive_generate          # noqa: E402
+from chatforge.model.engine import Engine, naive_generate, sample_categorical  # noqa: E402
 from chatforge.model.gpt import GPT, config_from_depth             # noqa: E402
 from chatforge.model.hf import to_hf                               # noqa: E402
 from chatforge.model.quant import KINDS, quantize_for_inference    # noqa: E402
@@ -242,9 +246,36 @@ def quant_section(args) -> None:
     tmp.cleanup()
 
 
+def sampling_section(args) -> None:
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(args.sample_rows, args.vocab, generator=g), dim=-1)   # (B, V)
+    fns = {"torch.multinomial": lambda: torch.multinomial(probs, 1, generator=g).squeeze(-1),
+           "inverse CDF": lambda: sample_categorical(probs, torch.rand(len(probs), 1, generator=g))}
+    med = {}
+    for name, fn in fns.items():
+        times = []
+        for _ in range(max(3, args.runs)):
+            t0 = time.perf_counter()
+            for _ in range(50):
+                fn()
+            times.append((time.perf_counter() - t0) / 50)
+        med[name] = statistics.median(times)
+    expected = probs.mean(0)                                          # (V,) each draw's token distribution
+    tv = {}
+    for n, fn in fns.items():  # total variation to the truth; multinomial's value is the noise floor
+        f = torch.bincount(torch.cat([fn() for _ in range(200)]), minlength=args.vocab).float()
+        tv[n] = 0.5 * (f / f.sum() - expected).abs().sum().item()
+    print(f"\nsampling one token for {args.sample_rows} rows x {args.vocab} vocab (median of {max(3, args.runs)})")
+    for name, t in med.items():
+        print(f"{name:<18} {1e3 * t:8.3f} ms  {med['torch.multinomial'] / t:6.1f}x multinomial")
+    print("total variation of the token frequencies from the probabilities: "
+          + ", ".join(f"{n} {v:.3f}" for n, v in tv.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", default="all", choices=["decode", "batched", "quant", "all"])
+    ap.add_argument("--section", default="all", choices=["decode", "batched", "quant", "sampling", "all"])
+    ap.add_argument("--sample-rows", type=int, default=256, help="sampling: rows sampled together")
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--prompt-len", type=int, default=16)
@@ -267,6 +298,8 @@ def main() -> None:
         batched_section(args)
     if args.section in ("quant", "all"):
         quant_section(args)
+    if args.section in ("sampling", "all"):
+        sampling_section(args)
 
 
 if __name__ == "__main__":

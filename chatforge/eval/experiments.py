@@ -131,7 +131,7 @@ def eval_gsm8k(engine, tokenizer, items: list[tuple[str, str, str]], max_new_tok
 
 def run_experiments(run: str | Path, device: str = "auto", n_reason: int = 100) -> str:
     """The report card's measured claims on a run with an SFT model: knowledge, hallucination and identity
-    (``knowledge.py``, which trains its two ablation SFTs), then tokens to think, tools and letters
+    (``knowledge.py``, which trains its ablation SFT), then tokens to think, tools and letters
     (``reasoning.py``). Each writes its ids into ``<run>/results.json``; returns the markdown."""
     rd = run_dir(run)
     return "\n\n".join([run_knowledge_experiments(rd, device=device),
@@ -178,7 +178,7 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--experiments", action="store_true", help="run every assistant experiment (knowledge, "
                    "hallucination, identity, thinking, tools, letters; needs <run>/sft_data; writes results.json)")
     p.add_argument("--knowledge", action="store_true", help="only the knowledge, hallucination and identity "
-                   "experiments (trains their two ablation SFTs; writes <run>/results.json)")
+                   "experiments (trains their ablation SFT; writes <run>/results.json)")
     p.add_argument("--n", type=int, default=100, help="items per reasoning cell (letters: 4x)")
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME[:N]",
                    help=f"benchmark to run, repeatable: {', '.join(EVAL_SETS)}; N caps the items")
