@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  bon_prompts=0, rm_prompts=0, bon_max_n=0, rl_screen=16, rl_tokens=48, rl_lr=3e-4,
                  extractor="resiliparse"),
     # Sized for a 2-core AVX2 CPU in fp32 (no bf16) to finish in 10 minutes; the choices were measured
-    # on a validation world (seed 7), never on the speedrun's items (dev/LOG.md, "Session 4 sizing").
+    # on a validation world (seed 7), never on the speedrun's items (dev/LOG.md, "Session 4").
     # d2 (128 wide, 1.5M parameters) at ~9K tok/s sees 4x the tokens of d4 in the same time, and that
     # matters more here than width: at equal wall time d2 stored more facts (cloze 38% vs 25% for d3)
     # and began to copy; twice the default learning rates stored 79% (vs 51%).

@@ -62,7 +62,8 @@ def chat_replies(ck: Checkpoint, questions: Sequence[str], system: str | None = 
     tok = ck.tokenizer
     prompts = [tok.render_for_completion(chat(q, system=system)) for q in questions]
     stops = [tok.special("<|assistant_end|>"), tok.bos_id]
-    return [parse_reply(tok, g)[0] for g in Engine(ck.model, tok).generate_many(prompts, max_new_tokens, 0.0, stop_tokens=stops)]
+    gens = Engine(ck.model, tok).generate_many(prompts, max_new_tokens, 0.0, stop_tokens=stops)
+    return [parse_reply(tok, g)[0] for g in gens]
 
 
 def cloze_answers(ck: Checkpoint, items: Sequence[dict], max_new_tokens: int = 10) -> list[str]:

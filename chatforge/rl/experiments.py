@@ -83,7 +83,8 @@ def correct_of_k(engine, tokenizer, problems: list[dict], k: int, max_new_tokens
         return [0] * len(problems)
     prompts = [prompt_tokens(tokenizer, p["question"]) for p in problems]
     sampled = sample_replies_many(engine, tokenizer, prompts, k, max_new_tokens, 1.0, seed)
-    return [sum(math_correct(parse_reply(tokenizer, ids)[0], p["answer"]) for ids in ss) for ss, p in zip(sampled, problems)]
+    return [sum(math_correct(parse_reply(tokenizer, ids)[0], p["answer"]) for ids in ss)
+            for ss, p in zip(sampled, problems)]
 
 
 def mixed_outcome_problems(model, tokenizer, problems: list[dict], k: int, max_new_tokens: int,
@@ -170,14 +171,15 @@ def run_rl_stage(run_dir_: str | Path, steps: int = 40, budget_s: float = 0.0, d
                          cfg.max_new_tokens)[:eval_problems]
     screening = {}
     if screen:
-        kept, screening = mixed_outcome_problems(ck.model, tok, random.Random(cfg.seed).sample(train, min(screen, len(train))),
-                                                 screen_k, cfg.max_new_tokens)
+        pool = random.Random(cfg.seed).sample(train, min(screen, len(train)))
+        kept, screening = mixed_outcome_problems(ck.model, tok, pool, screen_k, cfg.max_new_tokens)
         print0(f"rl: difficulty filter kept {len(kept)} of {screening['screened']} training chains "
                f"({screening['all_wrong']} all wrong, {screening['all_right']} all right in {screen_k} samples)")
         if len(kept) >= cfg.prompts_per_step:
             train = kept
         else:
-            print0(f"!!! rl: fewer than {cfg.prompts_per_step} mixed-outcome chains: training on all of them unfiltered")
+            print0(f"!!! rl: fewer than {cfg.prompts_per_step} mixed-outcome chains: training on every chain, "
+                   "unfiltered")
             screening["used"] = False
     outs = {"sft": policy_outcomes(ck.model, tok, test, eval_k, cfg.max_new_tokens)}
     runs: dict[str, dict] = {}

@@ -126,7 +126,8 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
                    probe_fn: Callable[[list[dict]], list[list[str]]] | None = None) -> dict[str, Any]:
     """Write ``<run>/sft_data/``: train.jsonl (the full mixture), train_ablation.jsonl (the same
     mixture without the refusals and the identity conversations: the "before" model of the
-    hallucination and identity experiments), val.jsonl, eval.json (held-out items) and data.json (counts, probe statistics, provenance).
+    hallucination and identity experiments), val.jsonl, eval.json (held-out items) and data.json
+    (counts, probe statistics, provenance).
     Returns data.json's content.
 
     Knowledge probing samples the base model (``<run>/base``) on cloze prompts for the known people
