@@ -63,8 +63,8 @@ class SpeedrunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_people=60, n_bios=4, n_problems=300, n_spelling=150, n_filler=2, vocab_size=512,
                  depth=2, seq_len=256, batch=8, pretrain_steps=60, sft_steps=40, rl_steps=3,
-                 sft_math=120, sft_letters=100, rl_group=4, n_eval_rl=10, n_arena=2, n_reason=10,
-                 bon_prompts=0, rm_prompts=0, bon_max_n=0, rl_screen=16, rl_tokens=48, rl_lr=3e-4,
+                 sft_math=120, sft_letters=100, sft_identity=200, rl_group=4, n_eval_rl=10, n_arena=2,
+                 n_reason=10, bon_prompts=0, rm_prompts=0, bon_max_n=0, rl_screen=16, rl_tokens=48, rl_lr=3e-4,
                  extractor="resiliparse"),
     # Sized for a 2-core AVX2 CPU in fp32 (no bf16) to finish in 10 minutes; the choices were measured
     # on a validation world (seed 7), never on the speedrun's items (dev/LOG.md, "Session 4").
@@ -72,17 +72,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # matters more here than width: at equal wall time d2 stored more facts (cloze 38% vs 25% for d3)
     # and began to copy; twice the default learning rates stored 79% (vs 51%).
     # people: 20 train-QA + 20 held-out with 24 bios, 20 with one bio, 160 unknown (100 for refusal
-    # training, 60 held out).
+    # training, 60 held out). 400 identity conversations: 200 gave 17%, 400 40%, 800 56% on held-out
+    # wordings, but 800 lifted hallucination on unknown people to 11%.
     "default": dict(n_people=220, n_bios=24, known_fraction=0.182, k1_fraction=0.091, name_mentions=12,
                     n_problems=3000, n_spelling=1500, n_filler=2, vocab_size=4096,
                     depth=2, seq_len=256, batch=16, pretrain_steps=400, pretrain_lr=0.006, pretrain_muon_lr=0.04,
-                    sft_steps=200, rl_steps=20, sft_math=600, sft_letters=400, rl_group=8, n_eval_rl=300,
-                    n_arena=6, n_reason=100, bon_prompts=200, rm_prompts=120, bon_max_n=32, rl_screen=400,
-                    rl_tokens=48, rl_lr=3e-4, extractor="resiliparse"),
+                    sft_steps=200, rl_steps=20, sft_math=600, sft_letters=400, sft_identity=400, rl_group=8,
+                    n_eval_rl=300, n_arena=6, n_reason=100, bon_prompts=200, rm_prompts=120, bon_max_n=32,
+                    rl_screen=400, rl_tokens=48, rl_lr=3e-4, extractor="resiliparse"),
     "full": dict(n_people=1000, n_bios=6, n_problems=8000, n_spelling=4000, n_filler=5, vocab_size=8192,
                  depth=6, seq_len=512, batch=16, pretrain_steps=3000, sft_steps=1500, rl_steps=300,
-                 sft_math=1500, sft_letters=1000, rl_group=16, n_eval_rl=400, n_arena=30, n_reason=100,
-                 bon_prompts=200, rm_prompts=240, bon_max_n=64, rl_screen=1000, rl_tokens=80, rl_lr=1e-4,
+                 sft_math=1500, sft_letters=1000, sft_identity=200, rl_group=16, n_eval_rl=400, n_arena=30,
+                 n_reason=100, bon_prompts=200, rm_prompts=240, bon_max_n=64, rl_screen=1000, rl_tokens=80, rl_lr=1e-4,
                  extractor="trafilatura"),
 }
 
@@ -265,7 +266,8 @@ def stage_sft(ctx: dict, report: Report) -> None:
     rd, p = ctx["rd"], ctx["preset"]
     # Hundreds of tool traces per style: copying operands into a calculator call needs hundreds of
     # examples (120 gave 1% calculator accuracy, 600 gave 64%; dev/LOG.md).
-    build_sft_data(rd, mix=SFTMix(n_math_per_style=p["sft_math"], n_letters_per_style=p["sft_letters"]))
+    build_sft_data(rd, mix=SFTMix(n_math_per_style=p["sft_math"], n_letters_per_style=p["sft_letters"],
+                                  n_identity=p["sft_identity"]))
     cfg = ctx["cfg"]
     sft(SFTConfig(run=str(rd), max_steps=p["sft_steps"], time_budget=cfg.sft_seconds, seed=cfg.seed,
                   device=cfg.device, dtype=cfg.dtype))

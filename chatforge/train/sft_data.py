@@ -29,7 +29,9 @@ class SFTMix:
     n_known_qa: int = 400        # questions about train-QA people (truth, or a refusal where probing says so)
     n_idk: int = 300             # refusals about unknown people (spread over every unknown name not held out)
     n_identity: int = 200        # questions about the model itself (from the model card, training wordings);
-                                 # 80 beside 300 refusals gave 42% on held-out wordings (dev/LOG.md)
+                                 # 80 beside 300 refusals gave 42% on held-out wordings; the default speedrun
+                                 # takes 400 (d2: 200 -> 17%, 400 -> 40%, 800 -> 56% but 11% hallucination
+                                 # on unknown people; dev/LOG.md)
     n_persona: int = 150         # identity taken from a system prompt (random personas); 40 left the d4 model
                                  # answering one persona name whatever the system prompt said (dev/LOG.md)
     n_math_per_style: int = 120  # world problems x {answer-first, worked, calculator}
