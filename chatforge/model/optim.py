@@ -140,10 +140,12 @@ class Muon(torch.optim.Optimizer):
     are DTensors: the gradient is gathered, orthogonalised, and each rank applies its shard.
     """
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95,
-                 nesterov: bool = True, weight_decay: float = 0.0, ns_steps: int = 5, batched: bool = True):
+                 nesterov: bool = True, weight_decay: float = 0.0, ns_steps: int = 5, batched: bool = True,
+                 dtype: torch.dtype | None = None):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
                                       weight_decay=weight_decay, ns_steps=ns_steps))
         self.batched = batched   # False: the per-matrix reference path (and the FSDP2 path)
+        self.dtype = dtype       # of the Newton-Schulz iteration; None = ns_dtype (the hardware's)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -164,9 +166,9 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - mom)                  # buf = mom*buf + (1-mom)*g
             updates = torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs
             if self.batched and not any(hasattr(g, "full_tensor") for g in updates):
-                orth = newton_schulz_batched(updates, steps=group["ns_steps"])
+                orth = newton_schulz_batched(updates, steps=group["ns_steps"], dtype=self.dtype)
             else:
-                orth = [_orthogonalize_one(g, group["ns_steps"]) for g in updates]
+                orth = [_orthogonalize_one(g, group["ns_steps"], self.dtype) for g in updates]
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             for p, u in zip(params, orth):
@@ -175,11 +177,11 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def _orthogonalize_one(g: torch.Tensor, steps: int) -> torch.Tensor:
+def _orthogonalize_one(g: torch.Tensor, steps: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Reference path, one matrix at a time. Under FSDP2 ``g`` is a DTensor shard: gather the full
     matrix, orthogonalise it, and hand back this rank's shard."""
     full = g.full_tensor() if hasattr(g, "full_tensor") else g
-    update = newton_schulz(full, steps=steps)
+    update = newton_schulz(full, steps=steps, dtype=dtype)
     if full is not g:
         update = distribute_tensor(update, g.device_mesh, g.placements)
     return update
@@ -252,8 +254,11 @@ class Optimizers:
             opt.load_state_dict(state[name])
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizers:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, train_dtype: str = "auto") -> Optimizers:
     """AdamW for everything (``cfg.optimizer == "adamw"``) or Muon for hidden matrices + AdamW.
+
+    ``train_dtype`` is the stage's resolved training dtype: "float32" keeps Muon's Newton-Schulz in
+    fp32 too, so ``--dtype float32`` on a bf16 CPU computes what a CPU without bf16 computes.
 
     Weight decay applies to matrices only (never to embeddings' rare rows, norms or biases).
     A learning rate of 0 in embed_lr/head_lr means "use lr".
@@ -273,7 +278,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizers:
         adam_groups.append(dict(params=groups.get("matrix", []), lr=lr, weight_decay=wd))
         opts: dict[str, torch.optim.Optimizer] = {}
     elif cfg.optimizer == "muon":
-        opts = {"muon": Muon(groups["matrix"], lr=cfg.muon_lr, weight_decay=wd)}
+        opts = {"muon": Muon(groups["matrix"], lr=cfg.muon_lr, weight_decay=wd,
+                             dtype=torch.float32 if train_dtype == "float32" else None)}
     else:
         raise CfError(f"optimizer: expected adamw or muon, got {cfg.optimizer!r}")
     adam_groups = [g for g in adam_groups if g["params"]]

@@ -355,7 +355,8 @@ def setup_rl(cfg: RLConfig, policy=None, tokenizer=None, ref=None, train_problem
     rng = random.Random(cfg.seed)
     return RLRun(cfg=cfg, policy=policy, ref=ref, tokenizer=tokenizer,
                  engine=make_engine(policy, tokenizer, use_tools=cfg.style == "tool" or cfg.task != "world"),
-                 optimizer=build_optimizer(policy, cfg.optim), reward_fn=make_reward_fn(cfg, rng, rm_scorer),
+                 optimizer=build_optimizer(policy, cfg.optim, train_dtype(device, cfg.dtype)),
+                 reward_fn=make_reward_fn(cfg, rng, rm_scorer),
                  train_problems=train_problems, eval_problems=eval_problems, rng=rng, device=device, out=out)
 
 

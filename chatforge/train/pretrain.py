@@ -402,9 +402,10 @@ def setup(cfg: PretrainConfig, d: Dist, rd: Path, shards_dir: Path, base_dir: Pa
     raw_model, ckpt = build_model(cfg, d, tokenizer, base_dir)
     raw_model.to(d.device)
     B, T = cfg.device_batch_size, cfg.seq_len
-    run = Run(cfg=cfg, d=d, rd=rd, shards_dir=shards_dir, base_dir=base_dir, dtype=train_dtype(d.device, cfg.dtype),
+    dtype = train_dtype(d.device, cfg.dtype)
+    run = Run(cfg=cfg, d=d, rd=rd, shards_dir=shards_dir, base_dir=base_dir, dtype=dtype,
               tokenizer=tokenizer, model=wrap_parallel(raw_model, cfg, d), raw_model=raw_model,
-              optimizer=build_optimizer(raw_model, cfg.optim),
+              optimizer=build_optimizer(raw_model, cfg.optim, dtype),
               loader=TokenLoader(shards_dir, "train", B, T, d.rank, d.world_size, seed=cfg.seed), B=B, T=T,
               total_batch=total_batch, grad_accum=grad_accum,
               total_steps=plan_steps(cfg, raw_model.num_params(), total_batch, ckpt),

@@ -143,7 +143,7 @@ def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
     n_train_tok = sum(sum(m[1:]) for _, m in rows)
     print0(f"sft: {len(rows)} conversations ({n_train_tok:,} trained tokens), {len(val_rows)} val, "
            f"{total} steps of {cfg.batch_size}")
-    opt = build_optimizer(model, cfg.optim)
+    opt = build_optimizer(model, cfg.optim, train_dtype(device, cfg.dtype))
     if optimizer_out is not None:
         optimizer_out.append(opt)
     pad_id = tokenizer.bos_id
