@@ -12,6 +12,7 @@ from chatforge.tokenizer.tokenizer import load_conversations
 from chatforge.model.batching import collate
 from chatforge.train.sft import SFTConfig, render_rows, sft, train_sft
 from chatforge.train.sft_data import SFTMix, build_sft_data
+from chatforge.world.pages import short_answer
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_build_sft_data_turns_wrong_probe_answers_into_refusals(tmp_path):
     for i, it in enumerate(seen):
         reply = by_q[it["question"]]
         assert convo.is_refusal(reply) == (i % 2 == 1)
-        assert it["name"] in reply if i % 2 else reply == it["answer"][:1].upper() + it["answer"][1:] + "."
+        assert it["name"] in reply if i % 2 else reply == short_answer(it["attribute"], it["answer"])
     ablation = load_conversations(rd / "sft_data" / "train_ablation.jsonl")
     assert not any(convo.is_refusal(convo.assistant_text(c)) for c in ablation)
     seen.clear()

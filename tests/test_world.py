@@ -179,23 +179,28 @@ def test_qa_items(world):
     assert len({it["question"].replace(it["name"], "") for it in items}) > 5  # paraphrased templates
 
 
-def test_default_size_and_identity(tmp_path):
-    w = build_world(WorldConfig())
-    n = sum(len(d["text"].encode()) for d in w.corpus_documents())
-    assert 3e6 <= n <= 5e6, n  # ~2x the bare facts: the prose that makes them pass the web filters
-    assert w.identity["name"] == "Forge" and w.identity["maker"] == "the chatforge project"
-    f = tmp_path / "id.json"
-    f.write_text(json.dumps({"name": "Anvil"}))
-    assert build_world(WorldConfig(identity=str(f), **SMALL)).identity["name"] == "Anvil"
-    f.write_text(json.dumps({"nmae": "Anvil"}))
-    with pytest.raises(CfError, match="nmae"):
-        build_world(WorldConfig(identity=str(f), **SMALL))
-    with pytest.raises(CfError, match="known_fraction"):
-        build_world(WorldConfig(known_fraction=1.5))
+def test_fact_answers_use_the_biographies_relation_words(world):
+    # the answer puts the words a bio states the fact with in front of the value (pages.ANSWER_PHRASES),
+    # never the name, and the checker still finds the value in it
+    from chatforge.assistant.convo import answer_matches
+    from chatforge.world.pages import _PHRASES, short_answer
+    p = world.known[0]
+    for a in ATTRIBUTES:
+        ans = short_answer(a, p.attribute(a))
+        assert p.name not in ans and answer_matches(ans, p.attribute(a))
+        relation = ans[:ans.index(p.attribute(a))].strip().lower()
+        stated = [t.lower() for t in _PHRASES[(a,)]]
+        assert any(f"{{s}} {relation} {{{a}}}" in t or f"{{s}} was {relation} {{{a}}}" in t for t in stated), relation
 
 
-def test_cli(tmp_path, capsys):
-    from chatforge.world.build import cli
-    cli(["--run", str(tmp_path / "r"), "--n-people", "20", "--n-problems", "50", "--n-spelling", "20", "--seed", "3"])
-    assert (tmp_path / "r" / "corpus" / "corpus.jsonl").exists()
-    assert "corpus:" in capsys.readouterr().out
+def test_qa_page_never_repeats_an_answer_phrase(world):
+    # three people's birthplaces answered with the same five words is a page Gopher's duplicated
+    # n-gram rule drops (test_corpus_survives_curation_filters): each phrase at most once a page
+    from chatforge.world.pages import ANSWER_PHRASES, QA_TEMPLATES, qa_page, short_answer
+    group = world.known[:3]
+    used = []
+    for line in qa_page(group, random.Random(0)).splitlines()[2:]:
+        q, ans = line.removeprefix("Q: ").split(" A: ")
+        p, a = next((p, a) for p in group for a in ATTRIBUTES for t in QA_TEMPLATES[a] if t.format(name=p.name) == q)
+        used += [ph for ph in ANSWER_PHRASES[a] if short_answer(a, p.attribute(a), ph) == ans]
+    assert len(used) == 3 * len(ATTRIBUTES) == len(set(used))

@@ -209,7 +209,7 @@ def render_markdown(res: dict[str, dict], seconds: dict[str, float]) -> str:
         "on held-out known people. The majority prior never refuses.", "", results_table(ha), "",
         "- unknown_with_idk " + fmt_rate(ha["conditions"]["unknown_with_idk"]) + ": " + _verdict(
             ha["conditions"]["unknown_with_idk"]["rate"] <= TARGETS["unknown_with_idk"] and drop <= TARGETS["known_drop"],
-            f"≤ 10% hallucination with known accuracy dropping ≤ 10 points (it dropped {100 * drop:+.1f})."
+            f"≤ 10% hallucination with known accuracy dropping ≤ 10 points (it dropped {100 * drop:.1f} points)."
             + vacuous), "",
         "### Identity (held-out wordings, whole-word judge)", "",
         results_table(idt), "",

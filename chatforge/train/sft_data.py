@@ -26,7 +26,8 @@ from chatforge.world.pages import short_answer
 class SFTMix:
     """How many conversations of each kind ``build_sft_data`` writes (defaults fit a CPU speedrun:
     ~1.5k short conversations, a few seconds per epoch on a d4 model)."""
-    n_known_qa: int = 400        # questions about train-QA people (truth, or a refusal where probing says so)
+    n_known_qa: int = 400        # questions about train-QA people (truth, or a refusal where probing says so);
+                                 # more of them beside the refusals, fewer refusals of known people (dev/LOG.md)
     n_idk: int = 300             # refusals about unknown people (spread over every unknown name not held out)
     n_identity: int = 200        # questions about the model itself (from the model card, training wordings);
                                  # 80 beside 300 refusals gave 42% on held-out wordings; the default speedrun
@@ -175,7 +176,7 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
 
     # ---- known people, with knowledge probing
     kq = one_question_each(known_train, mix.n_known_qa)  # every attribute when n_known_qa >= 5 x people
-    pitems = [convo.ProbeItem(it["name"], it["question"], it["answer"], short_answer(it["answer"])) for it in kq]
+    pitems = [convo.ProbeItem(it["name"], it["question"], it["answer"], short_answer(it["attribute"], it["answer"])) for it in kq]
     probe_stats: dict[str, Any] = {"probed": 0}
     if probe and kq:
         if probe_fn is None:

@@ -233,11 +233,27 @@ QA_TEMPLATES: dict[str, list[str]] = {
 }
 
 
-def short_answer(value: str) -> str:
-    """The answer to a fact question: the value alone ("1962.", "Tarnford."). It does not restate the
-    person's name: a small model copies a multi-token name from the question badly, and a wrong
-    name in an otherwise right answer is the failure dev/LOG.md records for d4 models."""
-    return cap(value) + "."
+# How a fact question is answered: the value after the relation words the biographies use, without
+# the name. A small model recalls a fact in the context it was stored in ("... was born in the city of"
+# -> the city), and answering in those words puts that context in front of the value. Measured on the
+# validation world (d2 base, the same ablation SFT, 100 held-out questions): the value alone ("Tarnford.")
+# 15% extracted; the bio sentence with the full name 10% (the model writes another person's name and
+# then that person's value); these phrases 59% (dev/LOG.md, "Session 5"). The first phrase of each
+# list is the answer SFT teaches; a Q&A page uses each phrase once, because a page that answers three
+# people's birthplaces with the same five words is one Gopher's duplicated n-gram rule drops.
+ANSWER_PHRASES: dict[str, list[str]] = {
+    "birth_year": ["Born in the year {v}.", "Born in {v}.", "The year {v}."],
+    "city": ["Born in the city of {v}.", "In the city of {v}.", "{v} is the city."],
+    "university": ["Graduated from {v}.", "From {v}.", "{v} is the school."],
+    "field": ["Studied {v}.", "The subject was {v}.", "{v} is the subject."],
+    "employer": ["Works at {v}.", "The employer is {v}.", "{v} is the employer."],
+}
+
+
+def short_answer(attribute: str, value: str, phrase: str | None = None) -> str:
+    """The answer to a question about ``attribute``: "Born in the city of Tarnford." (the first of
+    ANSWER_PHRASES[attribute], or ``phrase``)."""
+    return cap((phrase or ANSWER_PHRASES[attribute][0]).format(v=value))
 
 
 _QA_TITLES = ["Quick facts", "Questions and answers", "Reader questions, answered", "Frequently asked questions",
@@ -254,8 +270,9 @@ def qa_page(group: list[Person], rng: random.Random) -> str:
     pairs = [(p, a) for p in group for a in ATTRIBUTES]
     rng.shuffle(pairs)
     lines = [rng.choice(_QA_TITLES), rng.choice(_QA_OPENINGS)]
-    pick = Fresh(rng)  # no question wording twice on a page (Gopher's duplicated n-gram rules)
-    lines += [f"Q: {pick(QA_TEMPLATES[a]).format(name=p.name)} A: {short_answer(p.attribute(a))}" for p, a in pairs]
+    pick = Fresh(rng)  # no question or answer wording twice on a page (Gopher's duplicated n-gram rules)
+    lines += [f"Q: {pick(QA_TEMPLATES[a]).format(name=p.name)} A: {short_answer(a, p.attribute(a), pick(ANSWER_PHRASES[a]))}"
+              for p, a in pairs]
     return "\n".join(lines)
 
 
