@@ -6,6 +6,7 @@ import pytest
 
 from chatforge.assistant import convo
 from chatforge.common import CfError, data_dir, read_jsonl
+from chatforge.train.sft_data import identity_conversations
 
 DATA = data_dir()  # CHATFORGE_DATA, else ../shared/data beside the checkout
 
@@ -125,6 +126,6 @@ def test_world_style_builders():
     assert calls == ["7+5-3"]  # a chain is copied into one call
     ident = {"name": "Forge", "maker": "the chatforge project", "description": "a bot", "abilities": ["math"],
              "limitations": ["small"]}
-    for c in convo.identity_conversations(ident, random.Random(0), 8) + convo.persona_conversations(random.Random(0), 4):
+    for c in identity_conversations(ident, random.Random(0), 8) + convo.persona_conversations(random.Random(0), 4):
         _check_schema(c)
-    assert any("Forge" in convo.assistant_text(c) for c in convo.identity_conversations(ident, random.Random(0), 8))
+    assert any("Forge" in convo.assistant_text(c) for c in identity_conversations(ident, random.Random(0), 8))

@@ -440,16 +440,6 @@ def identity_answer(identity: dict, kind: str, rng: random.Random) -> str:
     return f"I am {name}. My limits: " + "; ".join(identity["limitations"]) + "."
 
 
-def identity_conversations(identity: dict, rng: random.Random, n: int) -> list[Conversation]:
-    """``n`` single-turn conversations about the model itself, from the model card."""
-    kinds = list(IDENTITY_QUESTIONS)
-    out = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        out.append(chat(rng.choice(IDENTITY_QUESTIONS[kind][0]), identity_answer(identity, kind, rng)))
-    return out
-
-
 _PERSONA_NAMES = ["Nova", "Pip", "Atlas", "Juniper", "Quill", "Orbit", "Sage", "Ember", "Tally", "Moss"]
 _PERSONA_MAKERS = ["a small lab", "the Tern team", "a student club", "the Harbor project", "two hobbyists"]
 
