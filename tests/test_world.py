@@ -204,3 +204,25 @@ def test_qa_page_never_repeats_an_answer_phrase(world):
         p, a = next((p, a) for p in group for a in ATTRIBUTES for t in QA_TEMPLATES[a] if t.format(name=p.name) == q)
         used += [ph for ph in ANSWER_PHRASES[a] if short_answer(a, p.attribute(a), ph) == ans]
     assert len(used) == 3 * len(ATTRIBUTES) == len(set(used))
+
+
+def test_default_size_and_identity(tmp_path):
+    w = build_world(WorldConfig())
+    n = sum(len(d["text"].encode()) for d in w.corpus_documents())
+    assert 3e6 <= n <= 5e6, n  # ~2x the bare facts: the prose that makes them pass the web filters
+    assert w.identity["name"] == "Forge" and w.identity["maker"] == "the chatforge project"
+    f = tmp_path / "id.json"
+    f.write_text(json.dumps({"name": "Anvil"}))
+    assert build_world(WorldConfig(identity=str(f), **SMALL)).identity["name"] == "Anvil"
+    f.write_text(json.dumps({"nmae": "Anvil"}))
+    with pytest.raises(CfError, match="nmae"):
+        build_world(WorldConfig(identity=str(f), **SMALL))
+    with pytest.raises(CfError, match="known_fraction"):
+        build_world(WorldConfig(known_fraction=1.5))
+
+
+def test_cli(tmp_path, capsys):
+    from chatforge.world.build import cli
+    cli(["--run", str(tmp_path / "r"), "--n-people", "20", "--n-problems", "50", "--n-spelling", "20", "--seed", "3"])
+    assert (tmp_path / "r" / "corpus" / "corpus.jsonl").exists()
+    assert "corpus:" in capsys.readouterr().out
