@@ -5,10 +5,12 @@ import re
 
 import pytest
 
-from chatforge.common import CfError
+from chatforge.assistant.convo import answer_matches
 from chatforge.assistant.tools import calculate
+from chatforge.common import CfError
 from chatforge.world.build import (ATTRIBUTES, CHAIN_STEPS, LETTER_COUNTS, World, WorldConfig, build_world,
                                    load_world, qa_items, write_world)
+from chatforge.world.pages import _PHRASES, ANSWER_PHRASES, QA_TEMPLATES, qa_page, short_answer
 
 SMALL = dict(n_people=60, known_fraction=0.75, n_bios_per_person=3, n_cities=6, n_countries=2,
              n_universities=4, n_employers=5, n_filler_per_entity=2, n_problems=300, n_spelling=200)
@@ -182,8 +184,6 @@ def test_qa_items(world):
 def test_fact_answers_use_the_biographies_relation_words(world):
     # the answer puts the words a bio states the fact with in front of the value (pages.ANSWER_PHRASES),
     # never the name, and the checker still finds the value in it
-    from chatforge.assistant.convo import answer_matches
-    from chatforge.world.pages import _PHRASES, short_answer
     p = world.known[0]
     for a in ATTRIBUTES:
         ans = short_answer(a, p.attribute(a))
@@ -196,7 +196,6 @@ def test_fact_answers_use_the_biographies_relation_words(world):
 def test_qa_page_never_repeats_an_answer_phrase(world):
     # three people's birthplaces answered with the same five words is a page Gopher's duplicated
     # n-gram rule drops (test_corpus_survives_curation_filters): each phrase at most once a page
-    from chatforge.world.pages import ANSWER_PHRASES, QA_TEMPLATES, qa_page, short_answer
     group = world.known[:3]
     used = []
     for line in qa_page(group, random.Random(0)).splitlines()[2:]:
