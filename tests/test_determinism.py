@@ -8,6 +8,7 @@ metadata may differ; nothing that is a result may.
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from chatforge.speedrun import STAGES, SpeedrunConfig, speedrun
 
 SEED = 3
-CHECKPOINTS = ["base", "sft", "sft_ablation", "rl"]
+CHECKPOINTS = ["base", "mid", "sft", "sft_ablation", "rl"]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,13 @@ def test_tiny_speedrun_runs_every_stage(runs):
     for artifact in ["corpus/corpus.jsonl", "crawl/crawl.warc.gz", "data/data_report.md", "tokenizer/ranks.tiktoken",
                      "shards/shards.json", "base/metrics.json", "report/pretrain_loss.png", "results.json"]:
         assert (rd / artifact).exists(), artifact
-    for stage_dir in ["base", "sft", "rl"]:
+    for stage_dir in ["base", "mid", "sft", "rl"]:
         assert list((rd / stage_dir).glob("step_*/model.safetensors")), stage_dir
+    # SFT and its knowledge ablation both start from the midtrained model, not from the base
+    sft_init = [(rd / d).glob("step_*/state.json") for d in ("sft", "sft_ablation")]
+    for states in sft_init:
+        assert "/mid/" in json.loads(next(states).read_text())["metrics"]["init"]
+    assert (rd / "sft_data" / "mid.jsonl").exists()
 
 
 @pytest.mark.slow
@@ -55,7 +61,8 @@ def test_same_seed_same_results(runs):
 @pytest.mark.slow
 def test_same_seed_same_data_and_tokenizer(runs):
     a, b = runs
-    for rel in ["crawl/crawl.warc.gz", "corpus/corpus.jsonl", "tokenizer/ranks.tiktoken", "sft_data/train.jsonl"]:
+    for rel in ["crawl/crawl.warc.gz", "corpus/corpus.jsonl", "tokenizer/ranks.tiktoken", "sft_data/train.jsonl",
+                "sft_data/mid.jsonl"]:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     for pa in sorted((a / "data" / "docs").glob("*.jsonl.gz")):  # gzip headers may carry an mtime
         assert gzip.decompress(pa.read_bytes()) == gzip.decompress((b / "data" / "docs" / pa.name).read_bytes()), pa.name

@@ -129,6 +129,8 @@ def test_sizes_presets_and_flops():
         c = config_from_depth(d, 1000, 128)
         assert c.n_embd == 64 * d and c.n_head == d == c.n_kv_head and c.head_dim == 64
         assert config_from_depth(d, 1000, 128, "gpt2").mlp_hidden == 4 * c.n_embd
+    narrow = config_from_depth(2, 1000, 128, head_dim=32)      # the speedrun's d2: more heads, same width
+    assert (narrow.n_embd, narrow.n_head, narrow.n_kv_head, narrow.head_dim) == (128, 4, 4, 32)
     cfg = tiny("llama")
     m = build(cfg)
     n = m.num_params() - cfg.vocab_size * cfg.n_embd            # untied: wte is a lookup only
@@ -144,6 +146,8 @@ def test_bad_configs():
         tiny("llama", pos="alibi")
     with pytest.raises(CfError, match="depth"):
         config_from_depth(0, 100, 10)
+    with pytest.raises(CfError, match="head_dim"):
+        config_from_depth(2, 100, 10, head_dim=48)              # 128 is not a multiple of 48
     m = build(tiny("gpt2"))
     with pytest.raises(CfError, match="seq_len"):
         m(torch.zeros(1, 65, dtype=torch.long))

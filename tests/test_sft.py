@@ -1,5 +1,6 @@
 """SFT: the loss mask, overfitting a handful of conversations, the stage's files and errors."""
 import json
+import re
 
 import pytest
 import torch
@@ -143,3 +144,25 @@ def test_build_sft_data_turns_wrong_probe_answers_into_refusals(tmp_path):
     train = load_conversations(rd / "sft_data" / "train.jsonl") + load_conversations(rd / "sft_data" / "val.jsonl")
     by_q = {c["messages"][0]["content"]: convo.assistant_text(c) for c in train}
     assert all(not convo.is_refusal(by_q[it["question"]]) for it in seen)
+
+
+def test_build_sft_data_writes_the_midtraining_drill(tmp_path):
+    """mid.jsonl: the asked number of calculator traces and worked solutions, on chains that are neither
+    a held-out expression nor in the SFT mixture's own drill; a rebuild without a drill removes it."""
+    rd, _, _, _ = tiny_run(tmp_path)
+    small = dict(n_known_qa=4, n_idk=2, n_identity=2, n_persona=2, n_math_per_style=2, n_letters_per_style=2,
+                 n_search=2, n_eval_known=4, n_eval_unknown=4)
+    s = build_sft_data(rd, probe=False, mix=SFTMix(**small, mid_tool_drill=30, mid_worked_drill=20, n_tool_drill=5,
+                                                      n_worked_drill=5))
+    mid = load_conversations(rd / "sft_data" / "mid.jsonl")
+    assert s["mid"] == len(mid) == 50
+    calls = [p for c in mid for p in c["messages"][1]["content"] if isinstance(p, dict) and p.get("type") == "tool_call"]
+    assert len(calls) == 30 and all(p["name"] == "calculator" for p in calls)
+    test = {p["expression"] for p in json.loads((rd / "world" / "world.json").read_text())["problems"]
+            if p["split"] == "test"}
+    sft_convs = load_conversations(rd / "sft_data" / "train.jsonl") + load_conversations(rd / "sft_data" / "val.jsonl")
+    drill_exprs = {re.search(r"\d+(?:[+-]\d+)+", c["messages"][0]["content"]).group() for c in mid}
+    assert len(drill_exprs) == 50 and not drill_exprs & test
+    assert s["parts"]["math"] == 3 * 2 + 10 and len(sft_convs) == s["train"] + s["val"]
+    build_sft_data(rd, probe=False, mix=SFTMix(**small))
+    assert not (rd / "sft_data" / "mid.jsonl").exists()

@@ -9,7 +9,7 @@ from chatforge.assistant.convo import answer_matches
 from chatforge.assistant.tools import calculate
 from chatforge.common import CfError
 from chatforge.world.build import (ATTRIBUTES, CHAIN_STEPS, LETTER_COUNTS, World, WorldConfig, build_world,
-                                   load_world, qa_items, write_world)
+                                   drill_chains, load_world, qa_items, write_world)
 from chatforge.world.pages import _PHRASES, ANSWER_PHRASES, QA_TEMPLATES, qa_page, short_answer
 
 SMALL = dict(n_people=60, known_fraction=0.75, n_bios_per_person=3, n_cities=6, n_countries=2,
@@ -110,6 +110,20 @@ def test_held_out_chains_never_repeat_a_training_expression():
     test = [p for p in w.problems if p["split"] == "test"]
     assert test and not any(p["expression"] in train for p in test)
     assert {len(p["steps"]) for p in test if p["kind"] == "chain"} == set(CHAIN_STEPS)
+
+
+def test_drill_chains_are_fresh_valid_and_never_a_test_expression():
+    """Midtraining's drill: distinct chains of every length, each step right, none a held-out expression."""
+    w = build_world(WorldConfig(seed=3, **{**SMALL, "n_problems": 2000}))
+    test = {p["expression"] for p in w.problems if p["split"] == "test"}
+    drill = drill_chains(3000, seed=5, exclude=test)
+    exprs = [d["expression"] for d in drill]
+    assert len(exprs) == len(set(exprs)) == 3000 and not test & set(exprs)
+    assert {len(d["steps"]) for d in drill} == set(CHAIN_STEPS)
+    for d in drill:
+        assert float(calculate(d["expression"])) == d["answer"] and d["expression"] in d["question"]
+        assert d["steps"][-1].endswith(f"={d['answer']}")
+    assert drill == drill_chains(3000, seed=5, exclude=test) != drill_chains(3000, seed=6, exclude=test)
 
 
 def test_letter_counts_are_uniform_on_the_test_split():

@@ -83,10 +83,13 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
-def config_from_depth(depth: int, vocab_size: int, seq_len: int, flavour: str = "llama") -> GPTConfig:
+def config_from_depth(depth: int, vocab_size: int, seq_len: int, flavour: str = "llama",
+                      head_dim: int = 64) -> GPTConfig:
     """The one-dial model size (nanochat style): width and heads follow from the depth.
 
     n_embd = 64 * depth ("aspect ratio" 64), head_dim = 64, so n_head = depth and n_kv_head = n_head.
+    A smaller ``head_dim`` gives more heads at the same width and cost (the speedrun's d2 takes 32:
+    4 heads a layer instead of 2 stored more facts and hallucinated less; dev/LOG.md "Session 6").
     d2 = 128 wide (tiny, for tests) ... d12 = 768 (GPT-2 small width) ... d26 = 1664.
     flavour "llama": RoPE/RMSNorm/SwiGLU (hidden = 8/3 * C rounded up to a multiple of 64, which keeps
     the MLP parameter count of a 4C GELU MLP), no biases, untied. flavour "gpt2": learned positions,
@@ -95,13 +98,16 @@ def config_from_depth(depth: int, vocab_size: int, seq_len: int, flavour: str = 
     if not isinstance(depth, int) or not 1 <= depth <= 64:
         raise CfError(f"depth: expected an int in 1..64 (d2..d26 are the usual range), got {depth!r}")
     n_embd = 64 * depth
+    if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2 or n_embd % head_dim:
+        raise CfError(f"head_dim: expected an even divisor of the width {n_embd}, got {head_dim!r}")
+    n_head = n_embd // head_dim
     if flavour == "llama":
         hidden = 64 * math.ceil(8 * n_embd / 3 / 64)
-        return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=depth, n_head=depth, n_kv_head=depth,
+        return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=depth, n_head=n_head, n_kv_head=n_head,
                          n_embd=n_embd, mlp_hidden=hidden, pos="rope", norm="rmsnorm", mlp="swiglu",
                          bias=False, tie_embeddings=False)
     if flavour == "gpt2":
-        return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=depth, n_head=depth, n_kv_head=depth,
+        return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=depth, n_head=n_head, n_kv_head=n_head,
                          n_embd=n_embd, mlp_hidden=4 * n_embd, pos="learned", norm="layernorm", mlp="gelu",
                          bias=True, tie_embeddings=True)
     raise CfError(f"flavour: expected 'llama' or 'gpt2', got {flavour!r}")

@@ -62,6 +62,7 @@ class PretrainConfig:
     depth: int = field(default=4, metadata={"help": "model depth; width = 64 * depth"})
     flavour: str = field(default="llama", metadata={"help": "model family for --depth",
                                                      "choices": ["llama", "gpt2"]})
+    head_dim: int = field(default=64, metadata={"help": "attention head width for --depth (n_head = 64 * depth / head_dim)"})
     preset: str = field(default="", metadata={"help": "a gpt.PRESETS name; overrides depth/flavour"})
     seq_len: int = field(default=256, metadata={"help": "context length T"})
     device_batch_size: int = field(default=8, metadata={"help": "sequences per micro-step per rank (B)"})
@@ -161,7 +162,7 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
         if cfg.preset not in PRESETS:
             raise CfError(f"preset: expected one of {sorted(PRESETS)}, got {cfg.preset!r}")
         return PRESETS[cfg.preset](vocab_size, cfg.seq_len)
-    return config_from_depth(cfg.depth, vocab_size, cfg.seq_len, cfg.flavour)
+    return config_from_depth(cfg.depth, vocab_size, cfg.seq_len, cfg.flavour, cfg.head_dim)
 
 
 def token_bytes(tokenizer: Any, vocab_size: int) -> torch.Tensor:

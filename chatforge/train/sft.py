@@ -24,7 +24,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -234,6 +234,9 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--real-mix", type=json.loads, default={},
                    help='with --build-data: real conversations to mix in, e.g. \'{"oasst": 100, "gsm8k": 200}\' '
                         f"(sources: {', '.join(sorted(REAL_SOURCES))}; absent files are skipped)")
+    p.add_argument("--mix", type=json.loads, default={},
+                   help='with --build-data: SFTMix fields, e.g. \'{"mid_tool_drill": 4000, "mid_worked_drill": 4000}\' '
+                        "(the midtraining drill, written to sft_data/mid.jsonl)")
     p.add_argument("--data-dir", default="", help="folder holding the real data sets (default: $CHATFORGE_DATA, "
                    "else ../shared/data beside the checkout)")
     add_unsafe_python_arg(p)
@@ -249,8 +252,11 @@ def cli(argv: list[str]) -> None:
     if args.build_data:
         if not isinstance(args.real_mix, dict):
             raise CfError('--real-mix: expected a JSON object like {"oasst": 100}')
+        known = {f.name for f in fields(SFTMix)} - {"real"}
+        if not isinstance(args.mix, dict) or set(args.mix) - known:
+            raise CfError(f"--mix: expected a JSON object of SFTMix fields ({', '.join(sorted(known))}), got {args.mix!r}")
         with Timer("sft data"):
             build_sft_data(run_dir(cfg.run), identity=args.identity, probe=not args.no_probe,
-                           mix=SFTMix(real=args.real_mix), real_data_dir=args.data_dir or data_dir(), device=cfg.device)
+                           mix=SFTMix(**args.mix, real=args.real_mix), real_data_dir=args.data_dir or data_dir(), device=cfg.device)
     with Timer("sft"):
         sft(cfg)

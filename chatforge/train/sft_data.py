@@ -19,7 +19,7 @@ from chatforge.assistant.tools import default_tools
 from chatforge.common import CfError, Timer, atomic_write_json, get_device, print0, run_dir, write_meta
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
-from chatforge.world.build import load_identity, load_world, qa_items
+from chatforge.world.build import drill_chains, load_identity, load_world, qa_items
 from chatforge.world.pages import short_answer
 
 @dataclass
@@ -36,6 +36,15 @@ class SFTMix:
     n_persona: int = 150         # identity taken from a system prompt (random personas); 40 left the d4 model
                                  # answering one persona name whatever the system prompt said (dev/LOG.md)
     n_math_per_style: int = 120  # world problems x {answer-first, worked, calculator}
+    # Drill: calculator traces and worked solutions on fresh chains (world.drill_chains, never a test
+    # expression). A d2 model copies a chain into a tool call, or its next operand into a worked step,
+    # only after thousands of examples, not hundreds (dev/LOG.md "Session 6"). mid_*: the midtraining
+    # file sft_data/mid.jsonl (drill only, trained on before SFT); n_*: kept in the SFT mixture too, so
+    # SFT does not wash the skill out.
+    mid_tool_drill: int = 0
+    mid_worked_drill: int = 0
+    n_tool_drill: int = 0
+    n_worked_drill: int = 0
     n_letters_per_style: int = 100  # letter counting x {spelled-out, python}; + spelling
     n_search: int = 60           # look a person up with the search tool
     real: dict = field(default_factory=dict)  # e.g. {"oasst": 100, "gsm8k": 200} (convo.REAL_SOURCES)
@@ -51,6 +60,11 @@ class SFTMix:
     probe_samples: int = 1
     probe_tokens: int = 10
     probe_temperature: float = 0.0
+
+
+def drill_conversations(chains: list[dict], n_tool: int, tools: Any) -> list[dict]:
+    """The first ``n_tool`` chains as calculator traces, the rest as worked solutions."""
+    return [convo.math_conversation(p, "tool" if i < n_tool else "worked", tools) for i, p in enumerate(chains)]
 
 
 # Cloze prompts in the biographies' own words: a base model has never seen the chat format, so it is
@@ -209,6 +223,12 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     rng.shuffle(train_problems)
     math = [convo.math_conversation(p, style, tools) for i, style in enumerate(convo.MATH_STYLES)
             for p in _take(train_problems, i * mix.n_math_per_style, mix.n_math_per_style)]
+    test_expressions = {p["expression"] for p in world.problems if p.get("split") == "test"}
+    n_sft_drill, n_mid_drill = mix.n_tool_drill + mix.n_worked_drill, mix.mid_tool_drill + mix.mid_worked_drill
+    drill = drill_chains(n_sft_drill + n_mid_drill, seed + 4, test_expressions)
+    math += drill_conversations(drill[:n_sft_drill], mix.n_tool_drill, tools)
+    mid = drill_conversations(drill[n_sft_drill:], mix.mid_tool_drill, tools)
+    rng.shuffle(mid)
     train_letters = [t for t in world.letters if t.get("split") == "train"]
     by_kind = {k: [t for t in train_letters if t["kind"] == k] for k in ("count_letter", "spell_backwards", "spell")}
     for v in by_kind.values():
@@ -242,6 +262,10 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     convo.write_conversations(out / "train.jsonl", full)
     convo.write_conversations(out / "train_ablation.jsonl", ablation)
     convo.write_conversations(out / "val.jsonl", val)
+    if mid:
+        convo.write_conversations(out / "mid.jsonl", mid)
+    elif (out / "mid.jsonl").exists():
+        (out / "mid.jsonl").unlink()   # an earlier build's drill must not be midtrained on
     test_problems = [p for p in world.problems if p.get("split") == "test"]
     test_letters = [t for t in world.letters if t.get("split") == "test" and t["kind"] == "count_letter"]
     every = lambda people: qa_items(world, people, random.Random(seed + 3))  # noqa: E731  (all attributes)
@@ -256,7 +280,7 @@ def build_sft_data(run: str | Path, identity: str | None = None, probe: bool = T
     }
     atomic_write_json(out / "eval.json", eval_items)
     summary = {"train": len(full), "train_ablation": len(ablation), "val": len(val), "n_idk_names": len({it["name"] for it in uq}),
-               "parts": {"known_qa": len(known_full), "idk_unknown": len(idk), "identity": len(identity_convs),
+               "mid": len(mid), "parts": {"known_qa": len(known_full), "idk_unknown": len(idk), "identity": len(identity_convs),
                          "persona": len(persona), "math": len(math), "letters": len(letters),
                          "search": len(search), "real": len(real)},
                "probe": probe_stats, "mix": asdict(mix), "identity": ident}

@@ -550,6 +550,26 @@ def _split(items: list[dict], n_test: int | float, rng: random.Random, key: str 
     return out
 
 
+def chain_item(question: str, steps: list[tuple[str, int]], expression: str, item_id: str, template: str) -> dict:
+    """A chain as the world stores problems (the fields SFT, RL and the checkers read)."""
+    return {"id": item_id, "kind": "chain", "template": template, "question": question,
+            "steps": [f"{e}={v}" for e, v in steps], "solution": " ".join(f"{e}={v}." for e, v in steps),
+            "expression": expression, "answer": steps[-1][1]}
+
+
+def drill_chains(n: int, seed: int, exclude: set[str]) -> list[dict]:
+    """``n`` fresh chains of 2-5 steps for tool-use drill in SFT, none with an expression in
+    ``exclude`` (pass every test expression: a drill chain is never a held-out chain in other words).
+    Not in the pretraining corpus: the worksheets keep their size, only SFT sees these."""
+    rng, out, seen = random.Random(seed), [], set(exclude)
+    while len(out) < n:
+        q, steps, expr, t = _chain_problem(rng, rng.choice(CHAIN_STEPS))
+        if expr not in seen:
+            seen.add(expr)
+            out.append(chain_item(q, steps, expr, f"drill{len(out):05d}", f"chain{t}"))
+    return out
+
+
 def _make_problems(n: int, test_fraction: float, names: list[str], rng: random.Random,
                    chain_test_per_length: int) -> list[dict]:
     """Word problems (35%), 2-4 digit arithmetic (25%) and small-number chains of 2-5 steps (40%).
