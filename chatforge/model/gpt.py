@@ -89,7 +89,8 @@ def config_from_depth(depth: int, vocab_size: int, seq_len: int, flavour: str = 
 
     n_embd = 64 * depth ("aspect ratio" 64), head_dim = 64, so n_head = depth and n_kv_head = n_head.
     A smaller ``head_dim`` gives more heads at the same width and cost (the speedrun's d2 takes 32:
-    4 heads a layer instead of 2 stored more facts and hallucinated less; dev/LOG.md "Session 6").
+    4 heads a layer instead of 2 stored 4-7 points more facts on two validation worlds and learned to
+    copy sooner; dev/LOG.md "Session 6").
     d2 = 128 wide (tiny, for tests) ... d12 = 768 (GPT-2 small width) ... d26 = 1664.
     flavour "llama": RoPE/RMSNorm/SwiGLU (hidden = 8/3 * C rounded up to a multiple of 64, which keeps
     the MLP parameter count of a 4C GELU MLP), no biases, untied. flavour "gpt2": learned positions,

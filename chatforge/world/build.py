@@ -550,23 +550,24 @@ def _split(items: list[dict], n_test: int | float, rng: random.Random, key: str 
     return out
 
 
-def chain_item(question: str, steps: list[tuple[str, int]], expression: str, item_id: str, template: str) -> dict:
-    """A chain as the world stores problems (the fields SFT, RL and the checkers read)."""
-    return {"id": item_id, "kind": "chain", "template": template, "question": question,
+def problem_item(item_id: str, kind: str, template: str, question: str, steps: list[tuple[str, int]],
+                 expression: str) -> dict:
+    """A problem as the world stores it (the fields SFT, RL and the checkers read)."""
+    return {"id": item_id, "kind": kind, "template": template, "question": question,
             "steps": [f"{e}={v}" for e, v in steps], "solution": " ".join(f"{e}={v}." for e, v in steps),
             "expression": expression, "answer": steps[-1][1]}
 
 
 def drill_chains(n: int, seed: int, exclude: set[str]) -> list[dict]:
-    """``n`` fresh chains of 2-5 steps for tool-use drill in SFT, none with an expression in
-    ``exclude`` (pass every test expression: a drill chain is never a held-out chain in other words).
-    Not in the pretraining corpus: the worksheets keep their size, only SFT sees these."""
+    """``n`` fresh chains of 2-5 steps for the tool-use drill of midtraining and SFT, none with an
+    expression in ``exclude`` (pass every test expression: a drill chain is never a held-out chain in
+    other words). Not in the pretraining corpus: the worksheets keep their size."""
     rng, out, seen = random.Random(seed), [], set(exclude)
     while len(out) < n:
         q, steps, expr, t = _chain_problem(rng, rng.choice(CHAIN_STEPS))
         if expr not in seen:
             seen.add(expr)
-            out.append(chain_item(q, steps, expr, f"drill{len(out):05d}", f"chain{t}"))
+            out.append(problem_item(f"drill{len(out):05d}", "chain", f"chain{t}", q, steps, expr))
     return out
 
 
@@ -589,10 +590,7 @@ def _make_problems(n: int, test_fraction: float, names: list[str], rng: random.R
         else:
             q, steps, expr = _arith_problem(rng)
             template = "arithmetic%d" % next(j for j, t in enumerate(_ARITH_QUESTIONS) if q.startswith(t[:6]))
-        items.append({"id": f"math{i:05d}", "kind": kind, "template": template,
-                      "question": q, "steps": [f"{e}={v}" for e, v in steps],
-                      "solution": " ".join(f"{e}={v}." for e, v in steps), "expression": expr,
-                      "answer": steps[-1][1]})
+        items.append(problem_item(f"math{i:05d}", kind, template, q, steps, expr))
     out = _split([it for it in items if it["kind"] != "chain"], test_fraction, rng, key="expression")
     for k in CHAIN_STEPS:
         out += _split([it for it in items if it["kind"] == "chain" and len(it["steps"]) == k],
