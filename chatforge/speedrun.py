@@ -282,16 +282,17 @@ def stage_sample(ctx: dict, report: Report) -> None:
     report.add("sample", "\n".join(lines))
 
 
+# preset key -> SFTMix field (a key a preset leaves out keeps SFTMix's default)
+MIX_KEYS = {"sft_math": "n_math_per_style", "sft_letters": "n_letters_per_style", "sft_identity": "n_identity",
+            "sft_known_qa": "n_known_qa", "sft_idk": "n_idk", "sft_tool_drill": "n_tool_drill",
+            "sft_worked_drill": "n_worked_drill", "mid_tool_drill": "mid_tool_drill", "mid_worked_drill": "mid_worked_drill"}
+
+
 def stage_sft_data(ctx: dict, report: Report) -> None:
     rd, p = ctx["rd"], ctx["preset"]
     # Hundreds of tool traces per style: copying operands into a calculator call needs hundreds of
     # examples (120 gave 1% calculator accuracy, 600 gave 64%; dev/LOG.md); the drill adds thousands.
-    summary = build_sft_data(rd, mix=SFTMix(
-        n_math_per_style=p["sft_math"], n_letters_per_style=p["sft_letters"], n_identity=p["sft_identity"],
-        n_known_qa=p.get("sft_known_qa", SFTMix.n_known_qa), n_idk=p.get("sft_idk", SFTMix.n_idk),
-        n_tool_drill=p.get("sft_tool_drill", 0),
-        n_worked_drill=p.get("sft_worked_drill", 0), mid_tool_drill=p.get("mid_tool_drill", 0),
-        mid_worked_drill=p.get("mid_worked_drill", 0)))
+    summary = build_sft_data(rd, mix=SFTMix(**{name: p[key] for key, name in MIX_KEYS.items() if key in p}))
     report.add("sft_data", f"## SFT data\n\nConversations: {summary['train']} SFT ({summary['parts']}), "
                            f"{summary['mid']} midtraining drill, {summary['val']} validation (`sft_data/`).")
 
@@ -306,7 +307,6 @@ def stage_mid(ctx: dict, report: Report) -> None:
         return
     path = sft(SFTConfig(run=str(rd), out="mid", data=str(rd / "sft_data" / "mid.jsonl"), max_steps=p["mid_steps"],
                          seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, eval_every=0))
-    ctx["mid"] = rd / "mid"
     m = read_json(path / "state.json", "midtraining checkpoint")["metrics"]
     report.add("mid", f"## Midtraining\n\n{m['steps']} steps on {p.get('mid_tool_drill', 0)} calculator traces and "
                       f"{p.get('mid_worked_drill', 0)} worked solutions of fresh chains (never a test expression); "
@@ -315,7 +315,8 @@ def stage_mid(ctx: dict, report: Report) -> None:
 
 def stage_sft(ctx: dict, report: Report) -> None:
     rd, p, cfg = ctx["rd"], ctx["preset"], ctx["cfg"]
-    init = ctx.get("mid", rd / "mid" if cfg.resume and (rd / "mid").exists() else "")
+    # a mid/ folder here is this run's (a new run clears the old one; --resume keeps it on purpose)
+    init = rd / "mid" if (rd / "mid").exists() else ""
     sft(SFTConfig(run=str(rd), init=str(init), max_steps=p["sft_steps"], time_budget=cfg.sft_seconds, seed=cfg.seed,
                   device=cfg.device, dtype=cfg.dtype))
     report.add("sft", run_experiments(rd, device=cfg.device, n_reason=p["n_reason"]))

@@ -8,7 +8,7 @@ import pytest
 from chatforge.assistant.convo import answer_matches
 from chatforge.assistant.tools import calculate
 from chatforge.common import CfError
-from chatforge.world.build import (ATTRIBUTES, CHAIN_STEPS, LETTER_COUNTS, World, WorldConfig, build_world,
+from chatforge.world.build import (ATTRIBUTES, CHAIN_STEPS, LETTER_COUNTS, World, WorldConfig, build_world, cli,
                                    drill_chains, load_world, qa_items, write_world)
 from chatforge.world.pages import _PHRASES, ANSWER_PHRASES, QA_TEMPLATES, qa_page, short_answer
 
@@ -235,7 +235,6 @@ def test_default_size_and_identity(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    from chatforge.world.build import cli
     cli(["--run", str(tmp_path / "r"), "--n-people", "20", "--n-problems", "50", "--n-spelling", "20", "--seed", "3"])
     assert (tmp_path / "r" / "corpus" / "corpus.jsonl").exists()
     assert "corpus:" in capsys.readouterr().out
