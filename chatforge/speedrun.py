@@ -82,8 +82,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Session 6 (validation world seed 8): 4 heads of 32 instead of 2 of 64 (same cost) stored more facts
     # (base cloze 91% -> 98%; seed 7: 91% -> 95%); midtraining 1000 steps on 8,000 drill chains and 2,000
     # more in SFT took calculator chains from 0-7% to 77-96% and worked ones from 4-12% to 11-88%, and
-    # 450 refusals (not 300) keep their share of the larger SFT mixture (hallucination 75% -> 46%);
-    # 600 midtraining steps did what 1000 did on seed 7. GRPO 60 steps at lr 5e-5 (seed 7): pass@1 +9.8
+    # 450 refusals (not 300) keep their share of the larger SFT mixture (hallucination 75% -> 46%).
+    # Session 7 (seed 7): midtraining 600 / 1000 / 1500 steps: worked chains of 4 steps 21 / 28 / 44%,
+    # calculator chains of 5 steps 59 / 73 / 80% (session 6's "600 did what 1000 did" had read a 1000-step
+    # checkpoint through a link). GRPO 60 steps at lr 5e-5 (seed 7): pass@1 +9.8
     # [+7.2, +12.5], control +1.3 [-0.3, +3.1]; 20 steps at 3e-4 drove the control down 31 points.
     # KL coefficient 0.3 (not 0.02) holds the shuffled control at its start: pass@1 -0.8 on seeds 7 and 8
     # (0.02: -3.1 on seed 8), GRPO +5.2 / +9.3.
@@ -91,7 +93,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     name_mentions=12,
                     n_problems=3000, n_spelling=1500, n_filler=2, vocab_size=4096,
                     depth=2, head_dim=32, seq_len=256, batch=16, pretrain_steps=600, pretrain_lr=0.006,
-                    pretrain_muon_lr=0.04, mid_steps=600, mid_tool_drill=4000, mid_worked_drill=4000,
+                    pretrain_muon_lr=0.04, mid_steps=1500, mid_tool_drill=4000, mid_worked_drill=4000,
                     sft_tool_drill=1000, sft_worked_drill=1000, sft_idk=450,
                     sft_steps=400, rl_steps=60, sft_math=600, sft_letters=400, sft_identity=400, sft_known_qa=800,
                     rl_group=8,

@@ -129,3 +129,7 @@ def test_world_style_builders():
     for c in identity_conversations(ident, random.Random(0), 8) + convo.persona_conversations(random.Random(0), 4):
         _check_schema(c)
     assert any("Forge" in convo.assistant_text(c) for c in identity_conversations(ident, random.Random(0), 8))
+    rng = random.Random(0)
+    for kind in ("name", "maker"):  # both facts in every answer; never the refusals' opening "I'm"
+        for a in {convo.identity_answer(ident, kind, rng) for _ in range(50)}:
+            assert "Forge" in a and "the chatforge project" in a.lower() and not a.startswith("I'm"), a

@@ -84,6 +84,26 @@ def test_loss_ignores_minus_one_and_reductions():
         m(x, t, reduction="sum")
 
 
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_head_on_targets_only_is_the_same_loss_and_gradients(flavour):
+    """The SFT fast path (lm_head only where a target exists) against the full head: its slow twin."""
+    x = torch.randint(0, 300, (3, 16))
+    t = torch.randint(0, 300, (3, 16))
+    t[:, :7] = -1          # a prompt without targets
+    t[2, 10:] = -1         # padding
+    grads = []
+    for only in (False, True):
+        m = build(tiny(flavour)).train()
+        loss = m(x, t, targets_only=only)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # per-token losses (RL's log-probs): the same, 0 where there is no target
+        torch.testing.assert_close(m(x, t, reduction="none", targets_only=True), m(x, t, reduction="none"))
+
+
 def test_rope_relative_and_norm_preserving():
     # RoFormer's defining property: <R_m q, R_n k> depends only on m - n, and rotations keep norms
     cos, sin = rope_cos_sin(32, 16)

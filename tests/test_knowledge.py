@@ -7,7 +7,7 @@ import pytest
 import chatforge.eval.knowledge as K
 from chatforge.assistant import convo
 from chatforge.tokenizer.tokenizer import train_tokenizer
-from chatforge.train.sft_data import IDENTITY_HELDOUT, IDENTITY_TRAIN
+from chatforge.train.sft_data import _ID_CORES, _ID_OPENERS, IDENTITY_HELDOUT, IDENTITY_TRAIN
 from chatforge.world.build import build_world, qa_items, WorldConfig
 
 import random
@@ -70,6 +70,9 @@ def test_identity_wordings_held_out_and_judged_by_whole_words():
     trained = {q for k in IDENTITY_TRAIN for q in IDENTITY_TRAIN[k]}
     trained |= {q for kind in convo.IDENTITY_QUESTIONS.values() for q in kind[0]}
     assert len(set(held)) == len(held) >= 40 and not set(held) & trained
+    # no core of a question and no opener is shared: a held-out wording is new as a whole
+    assert not set(_ID_OPENERS[0]) & set(_ID_OPENERS[1])
+    assert all(not set(train) & set(held_cores) for train, held_cores in _ID_CORES.values())
     ident = {"name": "Forge", "maker": "the chatforge project"}
     assert K.identity_judge(ident, "name", "I am Forge, a small assistant.")
     assert not K.identity_judge(ident, "name", "I was made by the chatforge project.")  # "forge" inside a word

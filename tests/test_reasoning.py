@@ -6,7 +6,7 @@ from assistant_helpers import tiny_sft_run, tiny_tokenizer, tiny_world
 
 from chatforge.assistant.tools import calculate
 from chatforge.eval import reasoning as rs
-from chatforge.world.build import CHAIN_STEPS
+from chatforge.world.problems import CHAIN_STEPS
 
 
 class OracleEngine:

@@ -8,8 +8,8 @@ import pytest
 from chatforge.assistant.convo import answer_matches
 from chatforge.assistant.tools import calculate
 from chatforge.common import CfError
-from chatforge.world.build import (ATTRIBUTES, CHAIN_STEPS, LETTER_COUNTS, World, WorldConfig, build_world, cli,
-                                   drill_chains, load_world, qa_items, write_world)
+from chatforge.world.build import ATTRIBUTES, World, WorldConfig, build_world, cli, load_world, qa_items, write_world
+from chatforge.world.problems import CHAIN_STEPS, LETTER_COUNTS, drill_chains
 from chatforge.world.pages import _PHRASES, ANSWER_PHRASES, QA_TEMPLATES, qa_page, short_answer
 
 SMALL = dict(n_people=60, known_fraction=0.75, n_bios_per_person=3, n_cities=6, n_countries=2,

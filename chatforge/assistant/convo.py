@@ -429,14 +429,17 @@ IDENTITY_QUESTIONS: dict[str, tuple[list[str], list[str]]] = {
 
 
 def identity_answer(identity: dict, kind: str, rng: random.Random) -> str:
+    """The card's answer to a question about the model. Name and maker answers always give both (as
+    deployed assistants do: "I am X, made by Y"), leading with the one asked for; none starts with
+    "I'm", which the refusals ("I'm sorry, ...") start with: a d2 model blended the two ("I'm sorge")."""
     name, maker = identity["name"], identity["maker"]
     if kind == "name":
-        return rng.choice([f"I am {name}, {identity['description']}.", f"My name is {name}.",
-                           f"I'm {name}, a chat assistant made by {maker}."])
+        return rng.choice([f"I am {name}, made by {maker}.", f"My name is {name}. I was made by {maker}.",
+                           f"I am {name}, a chat assistant made by {maker}."])
     if kind == "maker":
-        return rng.choice([f"I was made by {maker}.", f"{maker[0].upper() + maker[1:]} created me. I am {name}."])
+        return rng.choice([f"I was made by {maker}. My name is {name}.", f"{maker[0].upper() + maker[1:]} created me. I am {name}."])
     if kind == "abilities":
-        return f"I am {name}. I can " + "; ".join(identity["abilities"]) + "."
+        return f"I am {name}, {identity['description']}. I can " + "; ".join(identity["abilities"]) + "."
     return f"I am {name}. My limits: " + "; ".join(identity["limitations"]) + "."
 
 

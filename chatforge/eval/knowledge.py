@@ -159,12 +159,17 @@ def hallucination_experiment(main: Checkpoint, ablation: Checkpoint, people: dic
     return exp
 
 
+ID_REPLY_TOKENS = 40  # room for a whole reply of the trained kinds (name, maker, persona: < 20 tokens): 24 once
+                      # cut a reply inside the maker's name ("...trained from scratch by the chatfor")
+
+
 def identity_experiment(main: Checkpoint, ablation: Checkpoint, identity: dict,
                         questions: list[dict]) -> dict[str, Any]:
     qs = [q["question"] for q in questions]
-    replies = {"no_data": chat_replies(ablation, qs, max_new_tokens=24),
-               "system_prompt": chat_replies(ablation, qs, system=system_prompt_for(identity), max_new_tokens=24),
-               "with_data": chat_replies(main, qs, max_new_tokens=24)}
+    n = ID_REPLY_TOKENS
+    replies = {"no_data": chat_replies(ablation, qs, max_new_tokens=n),
+               "system_prompt": chat_replies(ablation, qs, system=system_prompt_for(identity), max_new_tokens=n),
+               "with_data": chat_replies(main, qs, max_new_tokens=n)}
     replies["constant_baseline"] = ["I am a chat assistant."] * len(qs)
     out = {c: [int(identity_judge(identity, q["kind"], r)) for q, r in zip(questions, rs)] for c, rs in replies.items()}
     exp = experiment(out, diffs=[("with_data", "no_data"), ("system_prompt", "no_data"), ("with_data", "system_prompt")])

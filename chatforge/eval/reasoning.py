@@ -38,7 +38,8 @@ from chatforge.common import get_device, print0, run_dir, save_figure
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
 from chatforge.report import experiment, fmt_diff, fmt_rate, md_table, update_results
-from chatforge.world.build import CHAIN_STEPS, load_world
+from chatforge.world.build import load_world
+from chatforge.world.problems import CHAIN_STEPS
 
 matplotlib.use("Agg")  # figures are written to files; no display
 

@@ -322,9 +322,13 @@ def run_preference_stage(run_dir_: str | Path, device: str = "cpu", n_prompts: i
     rng = random.Random(0)
     rng.shuffle(train)
     prompts = train[:n_prompts]
-    annotated, on_policy = own_preferences(prompts, own_samples(ck.model, tok, prompts, n_own, max_new_tokens, 1),
-                                           rng)
-    pairs, val = split_pairs(annotated, 0.15, rng)
+    samples = own_samples(ck.model, tok, prompts, n_own, max_new_tokens, 1)
+    # held-out pairs come from held-out *prompts*: pairs of a prompt the RM trained on would let it score
+    # by remembering that prompt's answer, which says nothing about new prompts (best-of-N's)
+    n_val = round(0.15 * len(prompts))
+    val, val_on_policy = own_preferences(prompts[:n_val], samples[:n_val], rng)
+    pairs, on_policy = own_preferences(prompts[n_val:], samples[n_val:], rng)
+    on_policy += val_on_policy
     if not pairs:
         raise CfError(f"{rd}/sft: the SFT model's {n_own} replies to {len(prompts)} prompts never differ in gold "
                       "score; expected a model that answers (train SFT longer)")
@@ -374,7 +378,7 @@ def preference_markdown(bon: dict, dpo: dict, rm_m: dict, ns: list[int], n_promp
         f"Bradley-Terry annotator of the hidden gold rule (correct +2, -0.05 per word); the annotators agree "
         f"with the rule on {100 * (rm_m.get('annotator_agreement') or 0):.0f}% of held-out pairs. Reward model: "
         f"held-out pair accuracy {rm_m['val_acc']:.3f} vs the labels, {rm_m.get('val_acc_vs_rule') or float('nan'):.3f} "
-        f"vs the rule ({rm_m['val_pairs']} pairs).", "",
+        f"vs the rule ({rm_m['val_pairs']} pairs of 15% of the prompts, held out from its training).", "",
         f"Best-of-N on {n_prompts} held-out chains (the same {ns[-1]} samples per prompt for every N and selector); "
         "gold score of the pick with bootstrap 95% bands, and its accuracy:", "",
         md_table(["N"] + [f"gold: {s}" for s in g] + [f"accuracy: {s}" for s in g], rows), "",

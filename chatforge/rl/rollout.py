@@ -79,7 +79,7 @@ def pack_sequences(prompts: Sequence[list[int]], responses: Sequence[list[int]],
 
 def token_logprobs(model, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B, T) log pi(target_t | ids_<=t), 0 where target is -1 (uses GPT's per-token loss)."""
-    nll = model(ids, targets, reduction="none")  # (B, T)
+    nll = model(ids, targets, reduction="none", targets_only=True)  # (B, T); no head on the prompt
     return -nll * (targets != -1).to(nll.dtype)
 
 

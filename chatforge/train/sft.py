@@ -181,7 +181,7 @@ def _loop(cfg: SFTConfig, model, opt, rows, val_rows, lengths, total: int, pad_i
         progress = step if cfg.time_budget <= 0 else max(step, total * elapsed / cfg.time_budget)
         opt.set_lr(lr_at(progress, total, cfg.optim))
         with autocast_ctx(device, dtype):
-            loss = fwd(x.to(device), targets=y.to(device))
+            loss = fwd(x.to(device), targets=y.to(device), targets_only=True)  # no head on the prompt
         opt.zero_grad()
         loss.backward()
         if cfg.optim.grad_clip > 0:

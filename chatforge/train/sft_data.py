@@ -19,7 +19,8 @@ from chatforge.assistant.tools import default_tools
 from chatforge.common import CfError, Timer, atomic_write_json, get_device, print0, run_dir, write_meta
 from chatforge.model.checkpoint import load_checkpoint
 from chatforge.model.engine import Engine
-from chatforge.world.build import drill_chains, load_identity, load_world, qa_items
+from chatforge.world.build import load_identity, load_world, qa_items
+from chatforge.world.problems import drill_chains
 from chatforge.world.pages import short_answer
 
 @dataclass
@@ -36,7 +37,7 @@ class SFTMix:
     n_persona: int = 150         # identity taken from a system prompt (random personas); 40 left the d4 model
                                  # answering one persona name whatever the system prompt said (dev/LOG.md)
     n_math_per_style: int = 120  # world problems x {answer-first, worked, calculator}
-    # Drill: calculator traces and worked solutions on fresh chains (world.drill_chains, never a test
+    # Drill: calculator traces and worked solutions on fresh chains (world.problems.drill_chains, never a test
     # expression). A d2 model copies a chain into a tool call, or its next operand into a worked step,
     # only after thousands of examples, not hundreds (dev/LOG.md "Session 6"). mid_*: the midtraining
     # file sft_data/mid.jsonl (drill only, trained on before SFT); n_*: kept in the SFT mixture too, so
@@ -100,17 +101,25 @@ def probe_base_model(model, tokenizer, items: list[dict], samples: int = 1, max_
 # question and different openers, so a held-out wording shares no whole sentence with training.
 _ID_CORES = {
     "name": (["what is your name", "what should I call you", "do you have a name", "tell me your name",
-              "what are you called", "what name do you go by", "how should I address you", "what do people call you"],
+              "what are you called", "what name do you go by", "how should I address you", "what do people call you",
+              "can you tell me your name", "what name were you given", "give me your name", "say your name",
+              "what is this assistant called", "remind me what your name is", "do you go by a name",
+              "what name do you answer to", "by what name are you known", "what is the name of the assistant I am using",
+              "let me know your name", "is there a name you prefer"],
              ["who are you", "what's your name", "may I know your name", "who am I talking to",
               "what is your name, assistant", "introduce yourself", "please state your name",
               "who is this", "what do I call you", "identify yourself", "what are you", "tell me who you are"]),
     "maker": (["who made you", "who created you", "who built you", "which project made you",
-               "who is your creator", "who wrote you", "where do you come from", "who is behind you"],
+               "who is your creator", "who wrote you", "where do you come from", "who is behind you",
+               "who made this assistant", "which project created you", "who is your maker", "what project are you from",
+               "who constructed you", "who set you up", "who do you come from", "who is the creator of this assistant",
+               "which group is behind you", "who built this chat assistant", "who was your builder", "tell me who made you"],
               ["who trained you", "who developed you", "who designed you", "who programmed you",
                "which team built you", "who are your makers", "what organisation made you", "who invented you",
                "who owns you", "who produced you", "what group created you", "who put you together"]),
 }
-_ID_OPENERS = (["", "Hi! ", "Hello. ", "Quick question: "], ["Hey, ", "Excuse me, ", "I wonder: ", "Tell me, "])
+_ID_OPENERS = (["", "Hi! ", "Hello. ", "Quick question: ", "Hi there, ", "Okay, ", "Sorry, ", "One thing: "],
+               ["Hey, ", "Excuse me, ", "I wonder: ", "Tell me, "])
 
 
 def _wordings(cores: list[str], openers: list[str]) -> list[str]:

@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import random
 
-from chatforge.world.people import Person
+from chatforge.world.people import Person, cap
 
 ATTRIBUTES = ("birth_year", "city", "university", "field", "employer")  # a person's facts, in this order
-
-
-def cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
 
 
 def join(xs: list[str]) -> str:
