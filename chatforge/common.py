@@ -442,7 +442,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    # k = 0 and k = n touch 0 and 1 exactly; in floats center + half came out 1 - 1e-16, below the
+    # rate itself, and an error bar of -1e-14 stopped a plot
+    return 0.0 if k == 0 else max(0.0, center - half), 1.0 if k == n else min(1.0, center + half)
 
 
 def paired_bootstrap(a: typing.Sequence[float], b: typing.Sequence[float], clusters: typing.Sequence[Any] | None = None,

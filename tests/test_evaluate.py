@@ -42,6 +42,9 @@ def test_wilson_known_values_and_edges():
     lo, hi = wilson(5, 10)
     assert (lo, hi) == pytest.approx((0.23659, 0.76341), abs=1e-5) and lo + hi == pytest.approx(1.0)
     assert wilson(0, 0) == (0.0, 1.0)
+    for n in (1, 7, 100, 300):  # exact ends: the interval always holds the rate itself
+        assert wilson(n, n)[1] == 1.0 and wilson(0, n)[0] == 0.0
+        assert all(lo <= k / n <= hi for k in range(n + 1) for lo, hi in [wilson(k, n)])
     with pytest.raises(ValueError):
         wilson(11, 10)
 

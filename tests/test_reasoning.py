@@ -6,6 +6,7 @@ from assistant_helpers import tiny_sft_run, tiny_tokenizer, tiny_world
 
 from chatforge.assistant.tools import calculate
 from chatforge.eval import reasoning as rs
+from chatforge.report import experiment
 from chatforge.world.problems import CHAIN_STEPS
 
 
@@ -50,6 +51,12 @@ def test_oracle_scores_everything_and_the_prior_is_the_train_mode():
     assert sum(let["conditions"][b]["n"] for b in buckets) == let["conditions"]["direct"]["n"]
     test = [t for t in world.letters if t["kind"] == "count_letter" and t["split"] == "test"][:20]
     assert let["conditions"]["prior"]["k"] == sum(str(t["answer"]) == let["prior_answer"] for t in test)
+
+
+def test_plot_of_perfect_cells(tmp_path):
+    """100/100 in a cell: its Wilson interval ends at 1 exactly, so the error bar is 0, not -1e-14."""
+    exp = experiment({f"{s}_{k}": [1] * 100 for s in ("direct", "worked", "calculator", "prior") for k in CHAIN_STEPS}, [])
+    assert rs.plot_thinking(exp, tmp_path / "thinking.png").exists()
 
 
 def test_run_reasoning_experiments_writes_results_and_plot(tmp_path):
