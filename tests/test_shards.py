@@ -1,5 +1,6 @@
 """Token shards: writer layout/atomicity, tokenize_corpus, TokenLoader sharding/wrap/resume."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from chatforge.common import CfError
 from chatforge.data.shards import (ShardWriter, TokenLoader, doc_starts, read_shards_json, tokenize_corpus,
                               write_shards_json)
+from chatforge.train.sft import replay_rows
 
 
 class ByteTok:
@@ -115,3 +117,14 @@ def test_loader_errors_name_the_dir(tmp_path):
         TokenLoader(tmp_path, "train", 2, 32)
     with pytest.raises(CfError, match="split 'test' has 0 tokens"):
         TokenLoader(tmp_path, "test", 1, 4)
+
+
+def test_replay_rows_are_distinct_fully_targeted_windows_of_the_train_split(tmp_path):
+    make_stream(tmp_path, 3000)
+    rows = replay_rows(tmp_path, 10, 16, SimpleNamespace(n_vocab=70000 - 4465), seed=3)
+    assert len(rows) == 10 and all(len(ids) == 17 and mask == [1] * 17 for ids, mask in rows)
+    assert len({tuple(ids) for ids, _ in rows}) == 10                       # distinct windows
+    assert all(ids == list(range(ids[0], ids[0] + 17)) for ids, _ in rows)  # contiguous train tokens
+    assert rows == replay_rows(tmp_path, 10, 16, SimpleNamespace(n_vocab=70000 - 4465), seed=3)
+    with pytest.raises(CfError, match="vocab_size"):
+        replay_rows(tmp_path, 10, 16, SimpleNamespace(n_vocab=300), seed=3)

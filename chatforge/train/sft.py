@@ -34,6 +34,7 @@ from chatforge.assistant.convo import FETCHED_SOURCES, REAL_SOURCES
 from chatforge.assistant.sandbox import add_unsafe_python_arg, apply_unsafe_python_arg
 from chatforge.common import (CfError, Timer, add_config_args, autocast_ctx, config_from_args, data_dir, get_device,
                               make_parser, print0, print_config, run_dir, seed_all, train_dtype)
+from chatforge.data.shards import TokenLoader
 from chatforge.model.batching import collate
 from chatforge.model.checkpoint import load_checkpoint, save_checkpoint
 from chatforge.model.optim import OptimConfig, build_optimizer, lr_at
@@ -55,6 +56,10 @@ class SFTConfig:
                                                       "schedule then follows elapsed time"})
     batch_size: int = field(default=16, metadata={"help": "conversations per optimizer step"})
     max_tokens: int = field(default=0, metadata={"help": "truncate conversations to this many tokens (0: model seq_len)"})
+    replay: int = field(default=0, metadata={"help": "windows of the run's pretraining tokens (shards/, train split) "
+                                                    "mixed into the rows, loss on every token: rehearsal against "
+                                                    "forgetting what pretraining stored"})
+    replay_tokens: int = field(default=128, metadata={"help": "tokens per replay window"})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="adamw", lr=1e-3, muon_lr=0.01, schedule="wsd", warmup=5, decay_frac=0.5))
     eval_every: int = field(default=50, metadata={"help": "validation loss every N steps (0: only at the end)"})
@@ -125,15 +130,30 @@ def _resolve(cfg: SFTConfig) -> tuple[Path, Path, Path, Path | None, Path]:
     return rd, init, data, (val if val.exists() else None), rd / cfg.out
 
 
+def replay_rows(shards_dir: Path, n: int, n_tokens: int, tokenizer, seed: int) -> list[tuple[list[int], list[int]]]:
+    """``n`` distinct windows of ``n_tokens`` + 1 pretraining tokens (a seeded draw from the train split)
+    as rows with every token a target. Mixing them into fine-tuning rehearses what pretraining stored
+    (InstructGPT's PPO-ptx mixes pretraining gradients into RL for the same reason): a midtraining of
+    1,500 drill steps alone cut the base's cloze recall of facts from 94% to 34% (dev/LOG.md, session 7)."""
+    loader = TokenLoader(shards_dir, "train", 1, n_tokens, seed=seed)
+    if loader.meta["vocab_size"] != tokenizer.n_vocab:
+        raise CfError(f"{shards_dir}: shards have vocab_size {loader.meta['vocab_size']}, the model's tokenizer "
+                      f"{tokenizer.n_vocab}; replay needs this run's own shards")
+    windows = [loader.window_tokens(g).tolist() for g in range(min(n, loader.n_windows))]
+    return [(w, [1] * len(w)) for w in windows]
+
+
 def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
-              val_convs: Sequence[dict] = (), optimizer_out: list | None = None) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on rendered conversations; returns metrics incl. the history."""
+              val_convs: Sequence[dict] = (), optimizer_out: list | None = None,
+              extra_rows: Sequence[tuple[list[int], list[int]]] = ()) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on rendered conversations (and ``extra_rows``: (ids, mask) rows such
+    as ``replay_rows``); returns metrics incl. the history."""
     if cfg.batch_size < 1 or (cfg.epochs <= 0 and cfg.max_steps <= 0):
         raise CfError("sft: batch_size must be >= 1 and epochs or max_steps positive")
     device = str(next(model.parameters()).device)
     model.train()
     max_tokens = min(cfg.max_tokens or model.config.seq_len, model.config.seq_len)
-    rows = render_rows(tokenizer, train_convs, max_tokens)
+    rows = render_rows(tokenizer, train_convs, max_tokens) + list(extra_rows)
     val_rows = render_rows(tokenizer, list(val_convs)[:cfg.val_max], max_tokens)
     if not rows:
         raise CfError("sft: no training conversation has assistant tokens to train on")
@@ -212,7 +232,9 @@ def sft(cfg: SFTConfig) -> Path:
     train_convs = load_conversations(data)
     val_convs = load_conversations(val) if val is not None else []
     opts: list = []
-    metrics = train_sft(cfg, ck.model, ck.tokenizer, train_convs, val_convs, optimizer_out=opts)
+    replay = replay_rows(rd / "shards", cfg.replay, cfg.replay_tokens, ck.tokenizer, cfg.seed) if cfg.replay else []
+    metrics = train_sft(cfg, ck.model, ck.tokenizer, train_convs, val_convs, optimizer_out=opts, extra_rows=replay)
+    metrics["replay_rows"] = len(replay)
     metrics["init"] = str(ck.path)
     metrics["data"] = str(data)
     path = save_checkpoint(stage_dir, metrics["steps"], ck.model, ck.tokenizer, asdict(cfg),
