@@ -303,7 +303,8 @@ def stage_sft_data(ctx: dict, report: Report) -> None:
 def stage_mid(ctx: dict, report: Report) -> None:
     """Midtraining (nanochat's mid stage): the base model drills tool calls and worked solutions on
     fresh chains in the chat format before SFT, so that the copying they need is learned once, by
-    every SFT model of the run (the main one and the knowledge ablation start from it)."""
+    every SFT model of the run (the main one and the knowledge ablation start from it). Replayed windows
+    of the run's pretraining tokens (``mid_replay``) keep the drill from overwriting the base's facts."""
     rd, p, cfg = ctx["rd"], ctx["preset"], ctx["cfg"]
     if not p.get("mid_steps") or not (rd / "sft_data" / "mid.jsonl").exists():
         print0("mid: no midtraining in this preset (SFT starts from the base model)")
