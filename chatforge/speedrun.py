@@ -86,8 +86,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Session 7 (seed 7): midtraining 600 / 1000 / 1500 steps: worked chains of 4 steps 21 / 28 / 44%,
     # calculator chains of 5 steps 59 / 73 / 80% (session 6's "600 did what 1000 did" had read a 1000-step
     # checkpoint through a link). 1,500 drill steps alone cut the base's cloze recall 95% -> 25%;
-    # 2,000 replayed pretraining windows among them kept it at 97% (held-out extraction 92% -> 97%). GRPO 60 steps at lr 5e-5 (seed 7): pass@1 +9.8
-    # [+7.2, +12.5], control +1.3 [-0.3, +3.1]; 20 steps at 3e-4 drove the control down 31 points.
+    # 2,000 replayed pretraining windows among them kept it at 97% (held-out extraction 92% -> 97%).
+    # GRPO 60 steps at lr 5e-5 (seed 7): pass@1 +9.8 [+7.2, +12.5], control +1.3 [-0.3, +3.1]; 20 steps
+    # at 3e-4 drove the control down 31 points.
     # KL coefficient 0.3 (not 0.02) holds the shuffled control at its start: pass@1 -0.8 on seeds 7 and 8
     # (0.02: -3.1 on seed 8), GRPO +5.2 / +9.3.
     "default": dict(n_people=240, n_bios=24, known_fraction=0.25, k1_fraction=0.0834, qa_fraction=0.667,

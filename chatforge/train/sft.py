@@ -161,7 +161,8 @@ def train_sft(cfg: SFTConfig, model, tokenizer, train_convs: Sequence[dict],
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, round(cfg.epochs * steps_per_epoch))
     n_train_tok = sum(sum(m[1:]) for _, m in rows)
-    print0(f"sft: {len(rows)} conversations ({n_train_tok:,} trained tokens), {len(val_rows)} val, "
+    print0(f"sft: {len(rows) - len(extra_rows)} conversations + {len(extra_rows)} other rows ({n_train_tok:,} trained "
+           f"tokens), {len(val_rows)} val, "
            f"{total} steps of {cfg.batch_size}")
     opt = build_optimizer(model, cfg.optim, train_dtype(device, cfg.dtype))
     if optimizer_out is not None:

@@ -230,29 +230,6 @@ def _count_task(rng: random.Random, used: set[tuple[str, str]]) -> tuple[str, st
     raise CfError(f"world: no word with a letter {count} times; check REAL_WORDS")
 
 
-def count_item(item_id: str, word: str, letter: str, template: int) -> dict:
-    """A letter-counting task as the world stores it (the fields SFT and the checker read)."""
-    count = word.count(letter)
-    spelled = "-".join(word)
-    pos = [str(j + 1) for j, ch in enumerate(word) if ch == letter]
-    # The word is quoted as in a Python string literal, so its tokens in the question and in the
-    # interpreter call print('word'.count('l')) are the same (Llama-3's split glues a leading
-    # space to a letter run: " word" and "'word" would be different tokens to copy between).
-    where = (f"at position{'s' if len(pos) > 1 else ''} {', '.join(pos)}" if pos else "nowhere")
-    sol = f"Spell it out: {spelled}. The letter {letter} appears {where}, so the count is {count}."
-    return {"id": item_id, "kind": "count_letter", "template": f"count{template}",
-            "question": _COUNT_QUESTIONS[template].format(l=letter, w=word), "word": word, "letter": letter,
-            "solution": sol, "answer": count, "key": f"count:{word}:{letter}"}
-
-
-def backwards_item(item_id: str, word: str, template: int) -> dict:
-    """A spell-it-backwards task as the world stores it."""
-    spelled, back = "-".join(word), "-".join(reversed(word))
-    return {"id": item_id, "kind": "spell_backwards", "template": f"backwards{template}",
-            "question": _BACKWARDS_QUESTIONS[template].format(w=word), "word": word,
-            "solution": f"Forwards: {spelled}. Backwards: {back}.", "answer": back, "key": f"backwards:{word}"}
-
-
 def make_letter_tasks(n: int, test_fraction: float, rng: random.Random, letter_test: int) -> list[dict]:
     """Letter counting (60%; ``letter_test`` held out, a quarter per count), spelling (20%) and
     spelling backwards (20%; ``letter_test / 4`` held out)."""
@@ -260,17 +237,30 @@ def make_letter_tasks(n: int, test_fraction: float, rng: random.Random, letter_t
     for i in range(n):
         u, t = rng.random(), rng.randrange(3)
         if u < 0.6:
-            word, letter, _ = _count_task(rng, used)
-            items.append(count_item(f"let{i:05d}", word, letter, t))
+            word, letter, count = _count_task(rng, used)
+            spelled = "-".join(word)
+            pos = [str(j + 1) for j, ch in enumerate(word) if ch == letter]
+            # The word is quoted as in a Python string literal, so its tokens in the question and in the
+            # interpreter call print('word'.count('l')) are the same (Llama-3's split glues a leading
+            # space to a letter run: " word" and "'word" would be different tokens to copy between).
+            where = (f"at position{'s' if len(pos) > 1 else ''} {', '.join(pos)}" if pos else "nowhere")
+            sol = f"Spell it out: {spelled}. The letter {letter} appears {where}, so the count is {count}."
+            items.append({"id": f"let{i:05d}", "kind": "count_letter", "template": f"count{t}",
+                          "question": _COUNT_QUESTIONS[t].format(l=letter, w=word), "word": word, "letter": letter,
+                          "solution": sol, "answer": count, "key": f"count:{word}:{letter}"})
         else:
             word = _letter_word(rng)
+            spelled = "-".join(word)
             if u < 0.8:
                 items.append({"id": f"let{i:05d}", "kind": "spell", "template": f"spell{t}",
                               "question": _SPELL_QUESTIONS[t].format(w=word), "word": word,
-                              "solution": f"{word} is spelled {'-'.join(word)}.", "answer": "-".join(word),
-                              "key": f"spell:{word}"})
+                              "solution": f"{word} is spelled {spelled}.", "answer": spelled, "key": f"spell:{word}"})
             else:
-                items.append(backwards_item(f"let{i:05d}", word, t))
+                back = "-".join(reversed(word))
+                items.append({"id": f"let{i:05d}", "kind": "spell_backwards", "template": f"backwards{t}",
+                              "question": _BACKWARDS_QUESTIONS[t].format(w=word), "word": word,
+                              "solution": f"Forwards: {spelled}. Backwards: {back}.", "answer": back,
+                              "key": f"backwards:{word}"})
     per = letter_test // len(LETTER_COUNTS)  # the test split is stratified by count: exactly uniform
     out = _split([it for it in items if it["kind"] == "spell"], test_fraction, rng, key="key")
     out += _split([it for it in items if it["kind"] == "spell_backwards"], per, rng, key="key")
